@@ -202,7 +202,7 @@ class VPSDE(_LinearBetaSDE):
     def marginal_prob(self, x, t):
         lmc = self.log_mean_coeff(jnp.asarray(t))
         mean = jnp.exp(batch_broadcast(lmc, x)) * x
-        std = jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+        std = jnp.sqrt(-jnp.expm1(2.0 * lmc))  # 1 - exp(2 lmc), exact near t = 0
         return mean, std
 
     def discretize(self, x, t):
@@ -221,16 +221,14 @@ class SubVPSDE(_LinearBetaSDE):
     def sde(self, x, t):
         t = jnp.asarray(t)
         beta_t = self.beta(t)
-        discount = 1.0 - jnp.exp(
-            -2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2
-        )
+        discount = -jnp.expm1(-2.0 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
         drift = -0.5 * batch_broadcast(beta_t, x) * x
         return drift, jnp.sqrt(beta_t * discount)
 
     def marginal_prob(self, x, t):
         lmc = self.log_mean_coeff(jnp.asarray(t))
         mean = jnp.exp(batch_broadcast(lmc, x)) * x
-        std = 1.0 - jnp.exp(2.0 * lmc)
+        std = -jnp.expm1(2.0 * lmc)  # 1 - exp(2 lmc), exact near t = 0
         return mean, std
 
 
