@@ -56,9 +56,11 @@ def pc_loop(step: Step, params, key: Array, x: Array, timesteps: Array, *, shard
         x, x_mean = carry
         t = jnp.full((batch,), timesteps[i], x.dtype)
         k = jax.random.fold_in(key, i)
+        if transform is not None:
+            k, k_transform = jax.random.split(k)
         x, x_mean = step.update(params, k, x, t)
         if transform is not None:
-            x, x_mean = transform(params, jax.random.fold_in(k, -1), x, x_mean, t)
+            x, x_mean = transform(params, k_transform, x, x_mean, t)
         return constrain(x, sharding), constrain(x_mean, sharding)
 
     return jax.lax.fori_loop(0, timesteps.shape[0], body, (x, x))
