@@ -113,13 +113,63 @@ class GaussianMixture(struct.PyTreeNode):
 
     # ---- perturbation -----------------------------------------------------------------------
     def perturb(self, alpha: Array, sigma: Array) -> "GaussianMixture":
-        """Law of ``alpha x + sigma z`` for ``x`` from this mixture and ``z ~ N(0, I)`` (scalars)."""
+        """Law of ``alpha x + sigma z`` for ``x`` from this mixture and ``z ~ N(0, I)``.
+
+        Scalar ``alpha``, ``sigma`` only shift the eigenvalues. Per-coordinate ones (any shape that
+        holds ``D`` values, e.g. ``event_shape``) go through :meth:`perturb_diag`.
+        """
+        if jnp.ndim(alpha) > 0 or jnp.ndim(sigma) > 0:
+            return self.perturb_diag(alpha, sigma)
         return self.replace(means=alpha * self.means, eigvals=alpha**2 * self.eigvals + sigma**2)
 
+    def perturb_diag(self, alpha: Array, sigma: Array) -> "GaussianMixture":
+        """Law of ``alpha * x + sigma * z`` with per-coordinate (element-wise) ``alpha``, ``sigma``.
+
+        The covariances become ``diag(alpha) S_k diag(alpha) + diag(sigma^2)``, no longer
+        co-diagonal with ``S_k``, so they are formed and re-decomposed (``eigh``; ``O(K D^3)``).
+
+        Args:
+          alpha, sigma: scalars or arrays of ``D`` values (e.g. of ``event_shape``).
+
+        Returns:
+          the perturbed mixture (same event shape).
+        """
+        d = self.dim
+        dtype = self.means.dtype
+
+        def vec(v, name):
+            v = jnp.asarray(v, dtype)
+            if v.ndim == 0:
+                return jnp.full((d,), v)
+            if v.size != d:
+                raise ValueError(f"{name} of shape {v.shape} does not hold {d} per-coordinate values")
+            return v.reshape(d)
+
+        a, s = vec(alpha, "alpha"), vec(sigma, "sigma")
+        covs = a[None, :, None] * self.covs * a[None, None, :] + jnp.diag(s**2)[None]
+        eigvals, eigvecs = jnp.linalg.eigh(0.5 * (covs + jnp.swapaxes(covs, -1, -2)))
+        return self.replace(means=a * self.means, eigvals=jnp.maximum(eigvals, 1e-30),
+                            eigvecs=eigvecs)
+
     def at(self, sde, t: Array) -> "GaussianMixture":
-        """The marginal ``p_t`` of data from this mixture pushed through ``sde`` to scalar time ``t``."""
+        """The marginal ``p_t`` of data from this mixture pushed through ``sde`` to scalar time ``t``
+        (per-coordinate coefficients, as of a multi-speed SDE, are supported)."""
         alpha, sigma = sde.marginal_coeffs(jnp.asarray(t))
         return self.perturb(alpha, sigma)
+
+    def marginal(self, index, event_shape: Optional[tuple] = None) -> "GaussianMixture":
+        """The marginal law of the coordinates ``x_flat[index]`` (a mixture with the same weights).
+
+        Args:
+          index: integer indices (or a boolean mask) into the flattened ``D`` coordinates.
+          event_shape: event shape of the marginal (default ``(len(index),)``).
+        """
+        idx = np.arange(self.dim)[np.asarray(index)]
+        if idx.size == 0:
+            raise ValueError("index selects no coordinate")
+        covs = self.covs[:, idx][:, :, idx]
+        return GaussianMixture.create(self.weights, self.means[:, idx], covs,
+                                      event_shape=event_shape, dtype=self.means.dtype)
 
     # ---- densities and scores of one mixture (x of shape (B, *event_shape)) -----------------
     def _component_terms(self, xf: Array):
