@@ -1,0 +1,8 @@
+"""CIFAR-10, DDPMPP SUBVP-SDE, continuous time: the paper's hyper-parameters
+(see :func:`jaxdiff.train.defaults.cifar10_config`)."""
+
+from jaxdiff.train.defaults import cifar10_config
+
+
+def get_config():
+    return cifar10_config("ddpmpp", "subvp", deep=False)
