@@ -1,0 +1,361 @@
+"""Conditional score estimators for ``p(x | y)``: CDE, CDiffE and CMDE.
+
+Batzolis, Stanczuk, Schönlieb, Etmann, "Conditional Image Generation with Score-Based Diffusion
+Models" (2021), and the multi-speed view of "Non-Uniform Diffusion Models" (2022).
+
+A *conditional score function* is ``cond_score_fn(params, x, y, t) -> array like x``: the network
+sees the diffused ``x_t`` (shape ``(B, *x_shape)``), a version ``y_t`` of the condition
+(``(B, *y_shape)``) and ``t`` (scalar or ``(B,)``).
+
+* **CDE** (conditional denoising estimator): only ``x`` diffuses; the network sees the clean ``y``
+  and learns ``grad_x log p_t(x_t | y)`` directly.
+* **CDiffE** (conditional diffusive estimator): ``x`` and ``y`` diffuse together with the same SDE;
+  the network learns the ``x``-part of the joint score ``grad_x log p_t(x_t, y_t)``, and sampling
+  feeds it a diffused observation ``y_t ~ p_t(y_t | y)``. This approximates
+  ``grad_x log p_t(x_t | y)`` by ``grad_x log p_t(x_t | y_t)``: a bias.
+* **CMDE** (conditional multi-speed diffusive estimator): as CDiffE, but ``y`` diffuses more slowly
+  (speed ``y_speed < 1``, :class:`jaxdiff.multispeed.MultiSpeedSDE`), so ``y_t`` stays closer to
+  ``y`` and the bias shrinks; ``y_speed -> 0`` recovers CDE, ``y_speed = 1`` is CDiffE.
+
+An estimator is a :class:`ConditionalEstimator` (a pytree) with :meth:`~ConditionalEstimator.loss`
+(denoising score matching on the ``x``-part) and :meth:`~ConditionalEstimator.pc_sampler`
+(predictor-corrector sampling of ``x`` given ``y``, reusing the core predictors and correctors).
+:func:`joint_to_conditional` turns a score of the joint flat state ``[x, y]`` (e.g. the exact score
+of a Gaussian mixture under :meth:`~ConditionalEstimator.joint_sde`) into a conditional score
+function; :func:`concat_conditional` does the same for an image network that sees ``x`` and ``y``
+stacked along channels. :func:`observe` makes the observations of the paper's tasks
+(super-resolution, inpainting, Sobel edges).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxdiff.multispeed import MultiSpeedSDE
+from jaxdiff.samplers.pc import constrain, pc_step
+from jaxdiff.sde import SDE, batch_broadcast
+
+Array = jax.Array
+CondScoreFn = Callable[..., Array]
+
+__all__ = [
+    "ConditionalEstimator", "get_estimator", "ESTIMATORS", "joint_to_conditional",
+    "concat_conditional", "observe", "TASKS", "downsample", "upsample", "inpaint_mask",
+    "sobel_edges", "split_batch",
+]
+
+ESTIMATORS = ("cde", "cdiffe", "cmde")
+
+
+def _reduce(losses: Array, reduce_mean: bool) -> Array:
+    flat = losses.reshape(losses.shape[0], -1)
+    return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
+
+
+def split_batch(batch) -> tuple[Array, Array]:
+    """``(x, y)`` from a batch given as a pair or a dict with keys ``'x'`` and ``'y'``."""
+    if isinstance(batch, dict):
+        try:
+            return batch["x"], batch["y"]
+        except KeyError:
+            raise ValueError(f"a conditional batch dict needs keys 'x' and 'y', got {sorted(batch)}") from None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(f"a conditional batch is (x, y) or {{'x': x, 'y': y}}, got {type(batch).__name__}")
+
+
+class ConditionalEstimator(struct.PyTreeNode):
+    """One of CDE / CDiffE / CMDE for ``p(x | y)``.
+
+    Fields:
+      x_sde: the (uniform) SDE that diffuses ``x``.
+      y_sde: the SDE that diffuses ``y`` (``None`` for CDE; ``x_sde`` for CDiffE; ``x_sde`` at speed
+        ``y_speed`` for CMDE).
+      name: ``'cde' | 'cdiffe' | 'cmde'`` (static).
+
+    Build with :meth:`cde`, :meth:`cdiffe`, :meth:`cmde` or :func:`get_estimator`.
+    """
+
+    x_sde: SDE
+    y_sde: Optional[SDE]
+    name: str = struct.field(pytree_node=False, default="cde")
+
+    @classmethod
+    def cde(cls, x_sde: SDE) -> "ConditionalEstimator":
+        """Conditional denoising estimator: ``y`` is never diffused."""
+        return cls(x_sde=x_sde, y_sde=None, name="cde")
+
+    @classmethod
+    def cdiffe(cls, x_sde: SDE) -> "ConditionalEstimator":
+        """Conditional diffusive estimator: ``y`` diffuses with ``x_sde``."""
+        return cls(x_sde=x_sde, y_sde=x_sde, name="cdiffe")
+
+    @classmethod
+    def cmde(cls, x_sde: SDE, y_speed: float) -> "ConditionalEstimator":
+        """Conditional multi-speed diffusive estimator: ``y`` diffuses with ``x_sde`` at speed
+        ``y_speed`` (in ``(0, 1]``; 1 is CDiffE)."""
+        if not (0.0 < float(y_speed) <= 1.0):
+            raise ValueError(f"y_speed must be in (0, 1] (y diffuses more slowly than x), got {y_speed}")
+        return cls(x_sde=x_sde, y_sde=MultiSpeedSDE.create(x_sde, float(y_speed)), name="cmde")
+
+    @property
+    def y_speed(self):
+        """Speed of ``y`` relative to ``x``: 0 for CDE, 1 for CDiffE, ``y_speed`` for CMDE (an
+        array leaf, possibly traced)."""
+        if self.y_sde is None:
+            return 0.0
+        if isinstance(self.y_sde, MultiSpeedSDE):
+            return self.y_sde.speeds
+        return 1.0
+
+    def joint_sde(self, x_dim: int, y_dim: int) -> MultiSpeedSDE:
+        """The SDE of the flat joint state ``[x, y]`` (dimension ``x_dim + y_dim``) whose ``x``-part
+        score the diffusive estimators learn. For CDE ``y`` is given a tiny speed (``1e-6``), the
+        limit in which the joint score's ``x``-part is the conditional score."""
+        if x_dim < 1 or y_dim < 1:
+            raise ValueError(f"x_dim and y_dim must be >= 1, got {x_dim} and {y_dim}")
+        s = jnp.maximum(jnp.asarray(self.y_speed, jnp.result_type(float)), 1e-6)
+        speeds = jnp.concatenate([jnp.ones((x_dim,), s.dtype), jnp.broadcast_to(s, (y_dim,))])
+        return MultiSpeedSDE.create(self.x_sde, speeds)
+
+    def diffuse_y(self, key: Array, y: Array, t: Array, z: Optional[Array] = None) -> Array:
+        """A draw of ``y_t ~ p_{0t}(y_t | y)`` (``y`` itself for CDE).
+
+        Args:
+          key: PRNG key (unused when ``z`` is given or for CDE).
+          y: clean condition ``(B, *y_shape)``.
+          t: scalar or ``(B,)``.
+          z: optional standard-normal noise of ``y``'s shape (a fixed diffusion path).
+        """
+        if self.y_sde is None:
+            return y
+        mean, std = self.y_sde.marginal_prob(y, t)
+        if z is None:
+            z = jax.random.normal(key, y.shape, y.dtype)
+        return mean + batch_broadcast(std, y) * z
+
+    # ---- training ---------------------------------------------------------------------------
+    def loss(self, cond_score_fn: CondScoreFn, *, reduce_mean: bool = True,
+             likelihood_weighting: bool = False, eps: float = 1e-5,
+             rng_kwarg: Optional[str] = None):
+        """Denoising score matching for the estimator's target.
+
+        ``t ~ U(eps, T)``, ``x_t = alpha_x x + sigma_x z_x``, ``y_t`` from :meth:`diffuse_y`; the
+        per-example loss is ``reduce(|s sigma_x + z_x|^2)`` with ``s = cond_score_fn(params, x_t,
+        y_t, t)``, or with ``likelihood_weighting`` ``reduce(|s + z_x / sigma_x|^2) g_x(t)^2``. Its
+        minimiser is ``E[-z_x / sigma_x | x_t, y_t] = grad_x log p_t(x_t, y_t)`` (the ``x``-part of
+        the joint score; for CDE, ``grad_x log p_t(x_t | y)``).
+
+        Args:
+          cond_score_fn: ``cond_score_fn(params, x, y, t)``.
+          reduce_mean: mean (else sum) over data dimensions.
+          likelihood_weighting: weight by ``g(t)^2 / sigma(t)^2`` instead of 1 (in ``sigma``-units).
+          eps: smallest time.
+          rng_kwarg: if given, ``cond_score_fn`` is called with ``**{rng_kwarg: key}`` (dropout).
+
+        Returns:
+          ``loss_fn(params, key, batch) -> (loss, aux)`` with ``batch = (x, y)`` or
+          ``{'x': x, 'y': y}`` and ``aux = {'losses': (B,), 't': (B,)}``.
+        """
+        x_sde = self.x_sde
+
+        def loss_fn(params, key, batch):
+            x, y = split_batch(batch)
+            if x.ndim < 2 or y.ndim < 2 or x.shape[0] != y.shape[0]:
+                raise ValueError(f"x and y must be (B, ...) with the same B, got {x.shape} and {y.shape}")
+            k_t, k_x, k_y, k_net = jax.random.split(key, 4)
+            t = jax.random.uniform(k_t, (x.shape[0],), x.dtype, eps, x_sde.T)
+            z = jax.random.normal(k_x, x.shape, x.dtype)
+            mean, std = x_sde.marginal_prob(x, t)
+            std_b = batch_broadcast(std, x)
+            x_t = mean + std_b * z
+            y_t = self.diffuse_y(k_y, y, t)
+            kwargs = {} if rng_kwarg is None else {rng_kwarg: k_net}
+            score = cond_score_fn(params, x_t, y_t, t, **kwargs)
+            if likelihood_weighting:
+                _, g = x_sde.sde(jnp.zeros_like(x), t)
+                losses = _reduce(jnp.square(score + z / std_b), reduce_mean) * g**2
+            else:
+                losses = _reduce(jnp.square(score * std_b + z), reduce_mean)
+            return jnp.mean(losses), {"losses": losses, "t": t}
+
+        return loss_fn
+
+    # ---- sampling ---------------------------------------------------------------------------
+    def pc_sampler(self, cond_score_fn: CondScoreFn, shape: tuple[int, ...], *,
+                   predictor="euler_maruyama", corrector=None, snr: float = 0.16,
+                   n_corrector_steps: int = 1, num_steps: Optional[int] = None,
+                   denoise: bool = True, eps: float = 1e-3, resample_y: bool = True,
+                   dtype=jnp.float32, sharding=None):
+        """Predictor-corrector sampler of ``x ~ p(x | y)``.
+
+        The reverse SDE of ``x_sde`` runs in one ``fori_loop``; at each step the score is
+        ``cond_score_fn(params, x, y_t, t)`` with ``y_t`` from :meth:`diffuse_y` (a fresh draw
+        per step, as in the paper, or one fixed noise path with ``resample_y=False``; CDE uses ``y``).
+
+        Args:
+          cond_score_fn: ``cond_score_fn(params, x, y, t)``.
+          shape: ``(B, *x_shape)``.
+          predictor, corrector, snr, n_corrector_steps: as for :func:`jaxdiff.samplers.pc_sampler`.
+          num_steps: time steps (default ``x_sde.N``).
+          denoise: return the noise-free mean of the last step.
+          eps: last time.
+          resample_y: fresh ``y_t`` each step (else one noise draw for the whole path).
+          sharding: optional sharding of the ``(B, ...)`` state.
+
+        Returns:
+          ``sample(params, key, y) -> (x, nfe)``, jitted; ``y`` is ``(B, *y_shape)`` (one condition
+          per sample; broadcast a single one to draw many samples of the same posterior).
+        """
+        x_sde = self.x_sde if num_steps is None else self.x_sde.with_steps(num_steps)
+        n_steps = x_sde.N
+        est = self
+        probe = pc_step(x_sde, lambda p, x, t: x, predictor=predictor, corrector=corrector,
+                        snr=snr, n_corrector_steps=n_corrector_steps)
+        nfe = probe.nfe * n_steps
+
+        @jax.jit
+        def sample(params, key, y):
+            if y.shape[0] != shape[0]:
+                raise ValueError(f"y has batch {y.shape[0]}, the samples {shape[0]}: give one y per sample")
+            k_prior, k_path, k_loop = jax.random.split(key, 3)
+            x = constrain(x_sde.prior_sampling(k_prior, shape, dtype), sharding)
+            y = y.astype(dtype)
+            z_path = jax.random.normal(k_path, y.shape, dtype)
+            timesteps = jnp.linspace(x_sde.T, eps, n_steps, dtype=dtype)
+
+            def body(i, carry):
+                x, x_mean = carry
+                t = jnp.full((shape[0],), timesteps[i], dtype)
+                k_y, k_step = jax.random.split(jax.random.fold_in(k_loop, i))
+                y_t = est.diffuse_y(k_y, y, t, z=None if resample_y else z_path)
+                step = pc_step(x_sde, lambda p, xx, tt: cond_score_fn(p, xx, y_t, tt),
+                               predictor=predictor, corrector=corrector, snr=snr,
+                               n_corrector_steps=n_corrector_steps)
+                x, x_mean = step.update(params, k_step, x, t)
+                return constrain(x, sharding), constrain(x_mean, sharding)
+
+            x, x_mean = jax.lax.fori_loop(0, n_steps, body, (x, x))
+            return (x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
+
+        return sample
+
+
+def get_estimator(name: str, x_sde: SDE, *, y_speed: Optional[float] = None) -> ConditionalEstimator:
+    """The estimator ``name`` in ``'cde' | 'cdiffe' | 'cmde'`` (``y_speed`` is needed by CMDE only)."""
+    if name == "cde":
+        return ConditionalEstimator.cde(x_sde)
+    if name == "cdiffe":
+        return ConditionalEstimator.cdiffe(x_sde)
+    if name == "cmde":
+        if y_speed is None:
+            raise ValueError("the CMDE estimator needs y_speed")
+        return ConditionalEstimator.cmde(x_sde, y_speed)
+    raise ValueError(f"unknown conditional estimator {name!r}; choose one of {ESTIMATORS}")
+
+
+# ---- score functions ------------------------------------------------------------------------
+def joint_to_conditional(joint_score_fn: Callable, x_shape: tuple, y_shape: tuple) -> CondScoreFn:
+    """``cond_score_fn(params, x, y, t)`` from a score of the flat joint state ``[x, y]``.
+
+    ``joint_score_fn(params, xy, t)`` acts on ``(B, Dx + Dy)``; the result is the ``x``-part of its
+    output reshaped to ``x_shape`` (the CDiffE / CMDE score, or with the exact mixture score of
+    :meth:`ConditionalEstimator.joint_sde`, their exact targets).
+    """
+    dx, dy = math.prod(x_shape), math.prod(y_shape)
+
+    def cond_score_fn(params, x, y, t, **kwargs):
+        b = x.shape[0]
+        xy = jnp.concatenate([x.reshape(b, dx), y.reshape(b, dy).astype(x.dtype)], axis=-1)
+        return joint_score_fn(params, xy, t, **kwargs)[:, :dx].reshape(x.shape)
+
+    return cond_score_fn
+
+
+def upsample(y: Array, size: tuple[int, int]) -> Array:
+    """Nearest-neighbour resize of ``(B, h, w, C)`` to ``(B, *size, C)`` (integer factors)."""
+    b, h, w, c = y.shape
+    H, W = size
+    if H % h or W % w:
+        raise ValueError(f"cannot upsample {(h, w)} to {size} by integer factors")
+    return jnp.repeat(jnp.repeat(y, H // h, axis=1), W // w, axis=2)
+
+
+def concat_conditional(score_fn: Callable, x_channels: int) -> CondScoreFn:
+    """Conditional score from an image network that sees ``x_t`` and ``y_t`` stacked on channels.
+
+    ``score_fn(params, z, t, **kw)`` (e.g. from :func:`jaxdiff.scores.get_score_fn` for the ``x``
+    SDE, with a network of ``x_channels + y_channels`` input and output channels) is called on
+    ``z = concat([x, upsample(y)], -1)``; its first ``x_channels`` output channels are the score.
+    ``y`` of lower resolution (super-resolution) is upsampled (nearest) to ``x``'s size.
+    """
+
+    def cond_score_fn(params, x, y, t, **kwargs):
+        if x.shape[-1] != x_channels:
+            raise ValueError(f"x has {x.shape[-1]} channels, expected {x_channels}")
+        if y.ndim == 4 and y.shape[1:3] != x.shape[1:3]:
+            y = upsample(y, x.shape[1:3])
+        z = jnp.concatenate([x, y.astype(x.dtype)], axis=-1)
+        return score_fn(params, z, t, **kwargs)[..., :x_channels]
+
+    return cond_score_fn
+
+
+# ---- observations of the paper's tasks -------------------------------------------------------
+def downsample(x: Array, factor: int) -> Array:
+    """Average pooling of ``(B, H, W, C)`` by ``factor`` (super-resolution's low-res input)."""
+    b, h, w, c = x.shape
+    if factor < 1 or h % factor or w % factor:
+        raise ValueError(f"factor {factor} does not divide the image size {(h, w)}")
+    return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def inpaint_mask(image_size: int, kind: str = "center") -> Array:
+    """Binary ``(H, W, 1)`` mask of the observed pixels: ``'center'`` hides the central square of
+    half the side, ``'half'`` hides the right half."""
+    m = jnp.ones((image_size, image_size, 1))
+    q = image_size // 4
+    if kind == "center":
+        return m.at[q:image_size - q, q:image_size - q].set(0.0)
+    if kind == "half":
+        return m.at[:, image_size // 2:].set(0.0)
+    raise ValueError(f"unknown inpainting mask {kind!r}; choose 'center' or 'half'")
+
+
+def sobel_edges(x: Array) -> Array:
+    """Sobel gradient magnitude of ``(B, H, W, C)`` per channel (same size, zero padding)."""
+    kx = jnp.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], x.dtype)
+    k = jnp.stack([kx, kx.T], axis=-1)[:, :, None, :]          # (3, 3, 1, 2)  HWIO
+    c = x.shape[-1]
+    xs = jnp.moveaxis(x, -1, 0).reshape((c * x.shape[0],) + x.shape[1:3] + (1,))
+    g = jax.lax.conv_general_dilated(xs, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    mag = jnp.sqrt(jnp.sum(g**2, axis=-1) + 1e-12)
+    return jnp.moveaxis(mag.reshape((c, x.shape[0]) + x.shape[1:3]), 0, -1)
+
+
+TASKS = ("super_resolution", "inpainting", "edges")
+
+
+def observe(task: str, x: Array, *, factor: int = 2, mask: Optional[Array] = None) -> Array:
+    """The condition ``y`` of a task for clean images ``x`` of shape ``(B, H, W, C)``.
+
+    * ``'super_resolution'``: ``downsample(x, factor)``;
+    * ``'inpainting'``: ``concat([x * mask, mask], -1)`` (the mask as an extra channel; default
+      central square);
+    * ``'edges'``: ``sobel_edges(x)``.
+    """
+    if task == "super_resolution":
+        return downsample(x, factor)
+    if task == "inpainting":
+        m = inpaint_mask(x.shape[1]) if mask is None else jnp.asarray(mask, x.dtype)
+        m = jnp.broadcast_to(m, x.shape[:-1] + (1,)).astype(x.dtype)
+        return jnp.concatenate([x * m, m], axis=-1)
+    if task == "edges":
+        return sobel_edges(x)
+    raise ValueError(f"unknown conditional task {task!r}; choose one of {TASKS}")

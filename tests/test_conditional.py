@@ -1,0 +1,164 @@
+"""CDE, CDiffE and CMDE against the exact conditional of a Gaussian-mixture joint p(x, y)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import conditional as cond
+from jaxdiff.analytic import GaussianMixture
+from jaxdiff.conditional import ConditionalEstimator, joint_to_conditional
+from jaxdiff.eval.distances import component_fractions, sliced_wasserstein
+from jaxdiff.multispeed import MultiSpeedSDE
+from jaxdiff.sde import VPSDE
+
+Y0 = 0.3
+N = 1500
+STEPS = 100
+
+
+def shared_t_score_fn(mix, sde):
+    """Exact score when the whole batch shares one time (what the samplers pass)."""
+    def score_fn(params, x, t):
+        return mix.at(sde, jnp.reshape(t, (-1,))[0]).score(x).astype(x.dtype)
+    return score_fn
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """Joint of x in R^2 and y in R: two components, y is informative about the component."""
+    covs = jnp.stack([
+        jnp.array([[0.3, 0.1, 0.2], [0.1, 0.3, 0.0], [0.2, 0.0, 0.3]]),
+        jnp.array([[0.3, -0.1, 0.2], [-0.1, 0.3, 0.0], [0.2, 0.0, 0.3]])])
+    joint = GaussianMixture.create([0.5, 0.5], jnp.array([[-2.0, 0.0, -1.0], [2.0, 0.0, 1.0]]), covs)
+    post = joint.condition(jnp.array([[0.0, 0.0, 1.0]]), jnp.array([Y0]), 0.0).marginal([0, 1])
+    kp = jax.random.PRNGKey(9)
+    ref = post.sample(jax.random.PRNGKey(1), N)
+    # noise floor: the distance between independent exact sample sets of the same size
+    floor = float(np.mean([sliced_wasserstein(kp, ref, post.sample(jax.random.PRNGKey(i), N))
+                           for i in (2, 3, 4)]))
+    return joint, post, ref, floor, kp
+
+
+def _sample(est, joint, post):
+    base = est.x_sde
+    if est.name == "cde":
+        score = lambda p, x, y, t: shared_t_score_fn(post, base)(p, x, t)
+    else:
+        score = joint_to_conditional(shared_t_score_fn(joint, est.joint_sde(2, 1)), (2,), (1,))
+    sample = est.pc_sampler(score, (N, 2), num_steps=STEPS)
+    x, nfe = sample(None, jax.random.PRNGKey(0), jnp.full((N, 1), Y0))
+    return x, nfe
+
+
+def test_estimators_with_exact_scores(problem):
+    """CDE and CMDE (slow y) sample p(x | y) at the noise floor; CDiffE is biased, and the bias
+    shrinks monotonically as y's speed is lowered (the papers' claim)."""
+    joint, post, ref, floor, kp = problem
+    base = VPSDE()
+    assert post.weights[1] == pytest.approx(0.8808, abs=1e-3)   # p(component 2 | y = 0.3)
+
+    x, nfe = _sample(ConditionalEstimator.cde(base), joint, post)
+    assert int(nfe) == STEPS
+    assert float(sliced_wasserstein(kp, x, ref)) < 1.5 * floor
+    np.testing.assert_allclose(component_fractions(post, x), post.weights, atol=0.025)
+
+    # CDiffE (speed 1) and CMDE at lower speeds, in one vmapped, jitted sampler (speed is a leaf)
+    speeds = jnp.array([1.0, 0.5, 0.25, 0.1, 0.05])
+
+    def run(speed):
+        est = ConditionalEstimator(base, MultiSpeedSDE(base, speed, base.N), "cmde")
+        return _sample(est, joint, post)[0]
+
+    xs = jax.jit(jax.vmap(run))(speeds)
+    sw = [float(sliced_wasserstein(kp, x, ref)) for x in xs]
+    minority = [float(component_fractions(post, x)[0]) for x in xs]
+    bias = dict(zip(speeds.tolist(), zip(sw, minority)))
+    assert all(a > b for a, b in zip(sw, sw[1:])), bias
+    assert all(a > b for a, b in zip(minority, minority[1:])), bias
+    assert sw[0] > 6 * floor, (bias, floor)                  # CDiffE: far off
+    assert minority[0] > 0.35                                 # ... near the prior weights 0.5
+    assert sw[-1] < 2.0 * floor, (bias, floor)               # CMDE at speed 0.05: at the floor
+    assert abs(minority[-1] - float(post.weights[0])) < 0.025
+
+
+def test_losses_are_minimised_by_their_own_targets(problem):
+    """Each estimator's DSM loss is lower at its own exact target than at another's: the loss
+    diffuses y exactly as the estimator says (none, same speed, slower)."""
+    joint, _, _, _, _ = problem
+    base = VPSDE()
+    ests = {"cdiffe": ConditionalEstimator.cdiffe(base),
+            "cmde": ConditionalEstimator.cmde(base, 0.2)}
+    # per-example times: the exact mixture score with one perturbation per example
+    targets = {k: joint_to_conditional(joint.score_fn(e.joint_sde(2, 1)), (2,), (1,))
+               for k, e in ests.items()}
+    data = joint.sample(jax.random.PRNGKey(5), 20000)
+    batch = {"x": data[:, :2], "y": data[:, 2:]}
+    key = jax.random.PRNGKey(7)
+    for own, other in [("cdiffe", "cmde"), ("cmde", "cdiffe")]:
+        l_own = float(ests[own].loss(targets[own])(None, key, batch)[0])
+        l_other = float(ests[own].loss(targets[other])(None, key, batch)[0])
+        assert l_own < l_other - 0.01, (own, l_own, l_other)
+
+
+def test_loss_aux_and_batch_forms():
+    base = VPSDE()
+    est = ConditionalEstimator.cde(base)
+    x = jnp.ones((4, 2))
+    y = jnp.zeros((4, 1))
+    score = lambda p, x, y, t: -x * p
+    a = est.loss(score)(1.0, jax.random.PRNGKey(0), (x, y))
+    b = est.loss(score)(1.0, jax.random.PRNGKey(0), {"x": x, "y": y})
+    np.testing.assert_allclose(a[0], b[0])
+    assert a[1]["losses"].shape == (4,) and a[1]["t"].shape == (4,)
+    with pytest.raises(ValueError, match="same B"):
+        est.loss(score)(1.0, jax.random.PRNGKey(0), (x, y[:3]))
+    with pytest.raises(ValueError, match="'x' and 'y'"):
+        est.loss(score)(1.0, jax.random.PRNGKey(0), {"x": x})
+
+
+def test_diffuse_y_moments():
+    base = VPSDE()
+    y = jnp.full((40000, 1), 2.0)
+    t = 0.6
+    assert ConditionalEstimator.cde(base).diffuse_y(jax.random.PRNGKey(0), y, t) is y
+    for est, tau in [(ConditionalEstimator.cdiffe(base), 0.6),
+                     (ConditionalEstimator.cmde(base, 0.25), 0.15)]:
+        yt = est.diffuse_y(jax.random.PRNGKey(0), y, t)
+        lmc = -0.25 * tau**2 * 19.9 - 0.5 * tau * 0.1
+        assert float(yt.mean()) == pytest.approx(2.0 * np.exp(lmc), abs=0.015)
+        assert float(yt.std()) == pytest.approx(np.sqrt(1 - np.exp(2 * lmc)), rel=0.02)
+
+
+def test_observations_and_concat_plumbing():
+    ramp = jnp.broadcast_to(jnp.arange(8.0)[None, None, :, None], (2, 8, 8, 1))
+    e = cond.observe("edges", ramp)
+    np.testing.assert_allclose(e[:, 1:-1, 1:-1, 0], 8.0, rtol=1e-5)    # Sobel of slope 1 is 8
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+    lo = cond.observe("super_resolution", x, factor=4)
+    np.testing.assert_allclose(lo[0, 1, 0, 0], x[0, 4:8, 0:4, 0].mean(), rtol=1e-5)
+    inp = cond.observe("inpainting", x)
+    assert inp.shape == (2, 8, 8, 2) and float(inp[..., 1].mean()) == 0.75
+    np.testing.assert_allclose(inp[0, 0, 0, 0], x[0, 0, 0, 0])
+    assert float(inp[0, 4, 4, 0]) == 0.0
+    # a "network" that swaps the channels: the x-score is then the (upsampled) y channel.
+    swap = lambda p, z, t: z[..., ::-1]
+    s = cond.concat_conditional(swap, 1)(None, x, lo, 0.5)
+    np.testing.assert_allclose(s, cond.upsample(lo, (8, 8)))
+    with pytest.raises(ValueError, match="unknown conditional task"):
+        cond.observe("colour", x)
+    with pytest.raises(ValueError, match="factor 3"):
+        cond.downsample(x, 3)
+
+
+def test_estimator_errors():
+    with pytest.raises(ValueError, match="y_speed"):
+        ConditionalEstimator.cmde(VPSDE(), 1.5)
+    with pytest.raises(ValueError, match="y_speed"):
+        cond.get_estimator("cmde", VPSDE())
+    with pytest.raises(ValueError, match="unknown conditional estimator"):
+        cond.get_estimator("cfg", VPSDE())
+    est = ConditionalEstimator.cde(VPSDE())
+    sample = est.pc_sampler(lambda p, x, y, t: -x, (4, 2), num_steps=3)
+    with pytest.raises(ValueError, match="one y per sample"):
+        sample(None, jax.random.PRNGKey(0), jnp.zeros((3, 1)))
