@@ -1,0 +1,393 @@
+"""DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+Probabilistic Models") and the log-SNR helpers shared by the fast samplers.
+
+Every linear SDE of the library has Gaussian perturbation kernels ``x_t = alpha(t) x_0 + sigma(t) z``,
+so its probability-flow ODE has the exact "variation of constants" solution in the half log-SNR
+``lambda(t) = log(alpha(t) / sigma(t))``::
+
+    x_t = sigma_t / sigma_s * x_s + sigma_t * int_{lambda_s}^{lambda_t} e^lambda x0_hat(x_lambda, lambda) dlambda
+
+with the data prediction ``x0_hat(x, t) = (x + sigma(t)^2 score(x, t)) / alpha(t)``. DPM-Solver++
+Taylor-expands ``x0_hat`` in ``lambda`` and integrates the exponential exactly. This holds for the
+VP, sub-VP and VE SDEs alike (VE: ``alpha = 1``, ``lambda = -log sigma``), so the same solver is
+the "VE equivalent" too. Only SDEs with scalar ``alpha(t), sigma(t)`` are supported (not
+per-coordinate multi-speed SDEs).
+
+Solvers:
+  * ``method='multistep'``, ``order`` 1, 2, 3: DPM-Solver++(1) (= deterministic DDIM), (2M), (3M);
+    one score evaluation per step, the first steps warm up with lower orders.
+  * ``method='singlestep'``, ``order`` 1, 2, 3: DPM-Solver++(1), (2S) (``r1 = 1/2``), and the
+    third-order single-step solver (``r1 = 1/3, r2 = 2/3``); ``order`` evaluations per step.
+
+Time grids (``grid``): ``'logsnr'`` (uniform in ``lambda``, the paper's default for few steps),
+``'time_uniform'``, ``'time_quadratic'`` and ``'karras'`` (EDM's ``rho = 7`` schedule in
+``sigma/alpha``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import sde as sde_lib
+from jaxdiff.samplers.pc import constrain
+
+Array = jax.Array
+
+__all__ = [
+    "log_alpha_sigma", "marginal_lambda", "inverse_lambda", "time_grid", "data_prediction",
+    "dpm_solver_pp_integrate", "dpm_solver_pp_sampler", "GRIDS",
+]
+
+GRIDS = ("logsnr", "time_uniform", "time_quadratic", "karras")
+
+
+# ---- the noise schedule in log-SNR form ------------------------------------------------------
+def check_scalar_schedule(sde) -> None:
+    """Raise a clear error when ``sde`` has no scalar ``(alpha(t), sigma(t))`` (e.g. multi-speed)."""
+    if not isinstance(sde, sde_lib.SDE):
+        raise TypeError(f"sde must be a jaxdiff.sde.SDE, got {type(sde).__name__}")
+    try:
+        shapes = jax.eval_shape(sde.marginal_coeffs, jax.ShapeDtypeStruct((), jnp.float32))
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise ValueError(
+            f"{type(sde).__name__} does not give scalar marginal coefficients (alpha(t), sigma(t)); "
+            "the fast samplers need them") from e
+    if any(s.shape != () for s in shapes):
+        raise ValueError(
+            f"{type(sde).__name__} has per-coordinate marginal coefficients of shapes "
+            f"{[s.shape for s in shapes]}; the fast samplers need scalar alpha(t), sigma(t)")
+
+
+def log_alpha_sigma(sde, t: Array) -> tuple[Array, Array]:
+    """``(log alpha(t), log sigma(t))`` of the perturbation kernel, in closed form for the VP,
+    sub-VP and VE SDEs (accurate near ``t = 0``) and from ``sde.marginal_coeffs`` otherwise.
+
+    Args:
+      sde: a linear SDE with scalar coefficients.
+      t: times, any shape.
+
+    Returns:
+      two arrays of the shape of ``t``.
+    """
+    t = jnp.asarray(t)
+    if isinstance(sde, sde_lib.VPSDE):
+        lmc = sde.log_mean_coeff(t)
+        return lmc, 0.5 * jnp.log(-jnp.expm1(2.0 * lmc))
+    if isinstance(sde, sde_lib.SubVPSDE):
+        lmc = sde.log_mean_coeff(t)
+        return lmc, jnp.log(-jnp.expm1(2.0 * lmc))
+    if isinstance(sde, sde_lib.VESDE):
+        log_sigma = jnp.log(sde.sigma_min) + t * (jnp.log(sde.sigma_max) - jnp.log(sde.sigma_min))
+        return jnp.zeros_like(log_sigma), log_sigma
+    alpha, sigma = sde.marginal_coeffs(t)
+    return jnp.log(alpha), jnp.log(sigma)
+
+
+def marginal_lambda(sde, t: Array) -> Array:
+    """Half log-SNR ``lambda(t) = log(alpha(t) / sigma(t))`` (decreasing in ``t``)."""
+    la, ls = log_alpha_sigma(sde, t)
+    return la - ls
+
+
+def _t_of_log_mean_coeff(sde, lmc: Array) -> Array:
+    """Solve ``-(b1 - b0) t^2 / 4 - b0 t / 2 = lmc`` for ``t >= 0`` (the linear-beta schedule),
+    in the cancellation-free form ``t = -2 lmc / (b0/2 + sqrt(b0^2/4 - (b1 - b0) lmc))``."""
+    b0, db = sde.beta_min, sde.beta_max - sde.beta_min
+    return -2.0 * lmc / (0.5 * b0 + jnp.sqrt(0.25 * b0**2 - db * lmc))
+
+
+def inverse_lambda(sde, lam: Array, *, num_bisections: int = 60) -> Array:
+    """The time ``t`` with ``marginal_lambda(sde, t) == lam``.
+
+    Closed form for VP, sub-VP and VE (also outside ``[0, T]``, e.g. for EDM's churn); other SDEs
+    use ``num_bisections`` bisection steps on ``[0, T]`` (a ``fori_loop``, jittable).
+    """
+    lam = jnp.asarray(lam)
+    if isinstance(sde, sde_lib.VPSDE):
+        # alpha^2 = sigmoid(2 lam)  ->  lmc = log_sigmoid(2 lam) / 2
+        return _t_of_log_mean_coeff(sde, 0.5 * jax.nn.log_sigmoid(2.0 * lam))
+    if isinstance(sde, sde_lib.SubVPSDE):
+        # sigma/alpha = (1 - a)/sqrt(a) = s with a = alpha^2  ->  a = 2 / (2 + s^2 + s sqrt(s^2 + 4))
+        s = jnp.exp(-lam)
+        log_a = jnp.log(2.0) - jnp.log(2.0 + s**2 + s * jnp.sqrt(s**2 + 4.0))
+        return _t_of_log_mean_coeff(sde, 0.5 * log_a)
+    if isinstance(sde, sde_lib.VESDE):
+        return (-lam - jnp.log(sde.sigma_min)) / (jnp.log(sde.sigma_max) - jnp.log(sde.sigma_min))
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = marginal_lambda(sde, mid) > lam  # lambda decreases: the root is later than mid
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo = jnp.zeros_like(lam)
+    lo, hi = jax.lax.fori_loop(0, num_bisections, body, (lo, jnp.full_like(lam, sde.T)))
+    return 0.5 * (lo + hi)
+
+
+def time_grid(sde, num_steps: int, *, grid: str = "logsnr", eps: float = 1e-3,
+              T: Optional[float] = None, rho: float = 7.0, dtype=jnp.float32) -> Array:
+    """Descending times ``t_0 = T > t_1 > ... > t_num_steps = eps`` of a fast sampler.
+
+    Args:
+      sde: the forward SDE.
+      num_steps: number of intervals (``>= 1``).
+      grid: ``'logsnr'`` (uniform in ``lambda``), ``'time_uniform'``, ``'time_quadratic'`` (uniform
+        in ``sqrt(t)``, DDIM's quadratic grid) or ``'karras'`` (uniform in ``(sigma/alpha)^(1/rho)``).
+      eps: last time; T: first time (default ``sde.T``).
+      rho: exponent of the ``'karras'`` grid.
+
+    Returns:
+      array of shape ``(num_steps + 1,)``.
+    """
+    if int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    T = sde.T if T is None else T
+    if not 0.0 <= eps < T:
+        raise ValueError(f"need 0 <= eps < T, got eps={eps}, T={T}")
+    u = jnp.linspace(0.0, 1.0, int(num_steps) + 1, dtype=dtype)
+    if grid == "time_uniform":
+        ts = T + u * (eps - T)
+    elif grid == "time_quadratic":
+        ts = (jnp.sqrt(T) + u * (jnp.sqrt(eps) - jnp.sqrt(T))) ** 2
+    elif grid in ("logsnr", "karras"):
+        if eps <= 0.0:
+            raise ValueError(f"grid {grid!r} needs eps > 0 (finite log-SNR), got eps={eps}")
+        lam_T = marginal_lambda(sde, jnp.asarray(T, dtype))
+        lam_e = marginal_lambda(sde, jnp.asarray(eps, dtype))
+        if grid == "logsnr":
+            lam = lam_T + u * (lam_e - lam_T)
+        else:
+            s_max, s_min = jnp.exp(-lam_T / rho), jnp.exp(-lam_e / rho)
+            lam = -rho * jnp.log(s_max + u * (s_min - s_max))
+        ts = inverse_lambda(sde, lam)
+        ts = ts.at[0].set(T).at[-1].set(eps)  # exact end points
+    else:
+        raise ValueError(f"unknown time grid {grid!r}; choose one of {GRIDS}")
+    return ts.astype(dtype)
+
+
+def data_prediction(sde, score_fn):
+    """``x0_hat(params, x, t) = (x + sigma(t)^2 score(x, t)) / alpha(t)`` for a scalar time ``t``
+    (the score network is called with a ``(B,)`` time vector)."""
+
+    def x0_fn(params, x, t):
+        la, ls = log_alpha_sigma(sde, t)
+        score = score_fn(params, x, jnp.full((x.shape[0],), t, x.dtype))
+        return ((x + jnp.exp(2.0 * ls).astype(x.dtype) * score)
+                * jnp.exp(-la).astype(x.dtype))
+
+    return x0_fn
+
+
+def _phis(h: Array) -> tuple[Array, Array, Array]:
+    """``phi1 = expm1(-h)``, ``phi2 = phi1/h + 1``, ``phi3 = phi2/h - 1/2`` (series for small h).
+
+    The exact integrals are ``int_0^h e^{u-h} u^n/n! du``: ``-phi1``, ``h phi2`` and ``-h^2 phi3``.
+    """
+    phi1 = jnp.expm1(-h)
+    small = h < 1e-2
+    hs = jnp.where(small, 1.0, h)  # avoid 0/0 in the branch not taken
+    phi2 = jnp.where(small, h / 2 - h**2 / 6 + h**3 / 24, phi1 / hs + 1.0)
+    phi3 = jnp.where(small, -h / 6 + h**2 / 24 - h**3 / 120, (phi1 / hs + 1.0) / hs - 0.5)
+    return phi1, phi2, phi3
+
+
+# ---- DPM-Solver++ ------------------------------------------------------------------------------
+def _multistep_update(order, x, lam, alpha_t, sigma_ratio, hist_m, hist_lam):
+    """One multistep DPM-Solver++ update of the given order from the newest history entry.
+
+    ``hist_m[0]`` is the data prediction at the current point, ``hist_m[1]``, ``hist_m[2]`` the
+    previous ones; ``hist_lam`` their log-SNRs; ``lam`` the target log-SNR.
+    """
+    h = lam - hist_lam[0]
+    phi1, phi2, phi3 = _phis(h)
+    m0 = hist_m[0]
+    x_new = sigma_ratio * x - alpha_t * phi1 * m0
+    if order == 1:
+        return x_new
+    r0 = (hist_lam[0] - hist_lam[1]) / h
+    d1_0 = (m0 - hist_m[1]) / r0
+    if order == 2:
+        # DPM-Solver++(2M), Alg. 2 of the paper: D = (1 + 1/(2 r)) m0 - 1/(2 r) m1
+        return x_new - 0.5 * alpha_t * phi1 * d1_0
+    r1 = (hist_lam[1] - hist_lam[2]) / h
+    d1_1 = (hist_m[1] - hist_m[2]) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)      # ~ h x0'(lam_0)
+    d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)           # ~ h^2 x0''(lam_0)
+    return x_new + alpha_t * phi2 * d1 - alpha_t * phi3 * d2
+
+
+def _step_orders(num_steps: int, order: int, lower_order_final: bool) -> list[int]:
+    orders = [min(order, i + 1) for i in range(num_steps)]
+    if lower_order_final and num_steps < 15:
+        orders = [min(k, num_steps - i) for i, k in enumerate(orders)]
+    return orders
+
+
+def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order: int = 2,
+                            method: str = "multistep", lower_order_final: bool = True,
+                            sharding=None) -> tuple[Array, int]:
+    """Integrate the probability-flow ODE with DPM-Solver++ along the time grid ``ts``.
+
+    Args:
+      sde: linear SDE with scalar ``alpha(t), sigma(t)`` (VP, sub-VP, VE, ...).
+      score_fn: ``score_fn(params, x, t) -> score``.
+      params: the score function's parameters.
+      x: the state at ``ts[0]``, shape ``(B, ...)``.
+      ts: descending times, shape ``(num_steps + 1,)`` (e.g. from :func:`time_grid`); its length
+        must be static.
+      order: 1, 2 or 3.
+      method: ``'multistep'`` (one evaluation per step) or ``'singlestep'`` (``order`` per step).
+      lower_order_final: multistep only: with fewer than 15 steps, lower the order of the final
+        steps (the reference implementation's stabiliser for very few steps).
+      sharding: optional sharding constraint for the ``(B, ...)`` state.
+
+    Returns:
+      ``(x at ts[-1], nfe)`` with ``nfe`` a Python int.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+    if method not in ("multistep", "singlestep"):
+        raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
+    num_steps = ts.shape[0] - 1
+    if num_steps < 1:
+        raise ValueError(f"the time grid needs at least 2 points, got shape {ts.shape}")
+    x0_fn = data_prediction(sde, score_fn)
+    la, ls = log_alpha_sigma(sde, ts)
+    lams = la - ls
+    alphas, sigmas = jnp.exp(la), jnp.exp(ls)
+    dt = x.dtype
+
+    if method == "singlestep":
+        def step(x, xs):
+            t_s, t_t, lam_s, lam_t, a_t, sig_s, sig_t = xs
+            h = lam_t - lam_s
+            m_s = x0_fn(params, x, t_s)
+            phi1, phi2, _ = _phis(h)
+            if order == 1:
+                x_t = (sig_t / sig_s).astype(dt) * x - (a_t * phi1).astype(dt) * m_s
+            else:
+                r1 = 0.5 if order == 2 else 1.0 / 3.0
+                lam_1 = lam_s + r1 * h
+                t_1 = inverse_lambda(sde, lam_1)
+                la1, ls1 = log_alpha_sigma(sde, t_1)
+                u1 = ((jnp.exp(ls1) / sig_s).astype(dt) * x
+                      - (jnp.exp(la1) * jnp.expm1(-r1 * h)).astype(dt) * m_s)
+                m_1 = x0_fn(params, constrain(u1, sharding), t_1)
+                if order == 2:
+                    # DPM-Solver++(2S), Alg. 1: D = (1 - 1/(2 r1)) m_s + 1/(2 r1) m_1
+                    d = (1.0 - 0.5 / r1) * m_s + (0.5 / r1) * m_1
+                    x_t = (sig_t / sig_s).astype(dt) * x - (a_t * phi1).astype(dt) * d
+                else:
+                    r2 = 2.0 / 3.0
+                    lam_2 = lam_s + r2 * h
+                    t_2 = inverse_lambda(sde, lam_2)
+                    la2, ls2 = log_alpha_sigma(sde, t_2)
+                    _, phi2_r2, _ = _phis(r2 * h)
+                    u2 = ((jnp.exp(ls2) / sig_s).astype(dt) * x
+                          - (jnp.exp(la2) * jnp.expm1(-r2 * h)).astype(dt) * m_s
+                          + (r2 / r1 * jnp.exp(la2) * phi2_r2).astype(dt) * (m_1 - m_s))
+                    m_2 = x0_fn(params, constrain(u2, sharding), t_2)
+                    x_t = ((sig_t / sig_s).astype(dt) * x - (a_t * phi1).astype(dt) * m_s
+                           + (a_t * phi2 / r2).astype(dt) * (m_2 - m_s))
+            return constrain(x_t, sharding), None
+
+        xs = (ts[:-1], ts[1:], lams[:-1], lams[1:], alphas[1:], sigmas[:-1], sigmas[1:])
+        x, _ = jax.lax.scan(step, x, xs)
+        return x, order * num_steps
+
+    # multistep: warm-up steps and low-order final steps are unrolled (at most 2 each), the
+    # fixed-order middle runs in one scan.
+    orders = _step_orders(num_steps, order, lower_order_final)
+    hist_m = [None, None, None]
+    hist_lam = [None, None, None]
+
+    def one_step(i, k, x, hist_m, hist_lam):
+        m = x0_fn(params, x, ts[i])
+        hist_m = [m] + hist_m[:2]
+        hist_lam = [lams[i]] + hist_lam[:2]
+        x = _multistep_update(k, x, lams[i + 1], alphas[i + 1].astype(dt),
+                              (sigmas[i + 1] / sigmas[i]).astype(dt), hist_m, hist_lam)
+        return constrain(x, sharding), hist_m, hist_lam
+
+    i = 0
+    while i < num_steps and orders[i] < order:  # warm-up (static, <= order - 1 steps)
+        x, hist_m, hist_lam = one_step(i, orders[i], x, hist_m, hist_lam)
+        i += 1
+    n_mid = 0
+    while i + n_mid < num_steps and orders[i + n_mid] == order:
+        n_mid += 1
+    if n_mid > 0:
+        depth = order - 1  # history entries carried between steps
+
+        def body(carry, idx):
+            x, ms, ls_ = carry
+            m = x0_fn(params, x, ts[idx])
+            hm = [m] + list(ms)
+            hl = [lams[idx]] + list(ls_)
+            x = _multistep_update(order, x, lams[idx + 1], alphas[idx + 1].astype(dt),
+                                  (sigmas[idx + 1] / sigmas[idx]).astype(dt),
+                                  hm + [None] * (3 - len(hm)), hl + [None] * (3 - len(hl)))
+            return (constrain(x, sharding), tuple(hm[:depth]), tuple(hl[:depth])), None
+
+        carry = (x, tuple(hist_m[:depth]), tuple(hist_lam[:depth]))
+        (x, ms, ls_), _ = jax.lax.scan(body, carry, jnp.arange(i, i + n_mid))
+        hist_m = list(ms) + [None] * (3 - depth)
+        hist_lam = list(ls_) + [None] * (3 - depth)
+        i += n_mid
+    while i < num_steps:  # lower-order final steps (static, <= order - 1 steps)
+        x, hist_m, hist_lam = one_step(i, orders[i], x, hist_m, hist_lam)
+        i += 1
+    return x, num_steps
+
+
+def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
+                          order: int = 2, method: str = "multistep", grid: str = "logsnr",
+                          eps: float = 1e-3, T: Optional[float] = None,
+                          lower_order_final: bool = True, denoise: bool = False,
+                          dtype=jnp.float32, sharding=None):
+    """DPM-Solver++ sampler: prior noise at ``T``, probability-flow ODE down to ``eps``.
+
+    Args:
+      sde: VP, sub-VP, VE or any linear SDE with scalar ``alpha(t), sigma(t)``.
+      score_fn: ``score_fn(params, x, t) -> score``, ``x`` of shape ``shape``, ``t`` of shape ``(B,)``.
+      shape: ``(B, *event_shape)``.
+      num_steps: number of steps (NFE = ``num_steps`` for multistep, ``order * num_steps`` for
+        single-step).
+      order, method, lower_order_final: see :func:`dpm_solver_pp_integrate`; ``order=2,
+        method='multistep'`` is DPM-Solver++(2M), ``order=2, method='singlestep'`` is (2S).
+      grid: time grid, one of :data:`GRIDS` (see :func:`time_grid`).
+      eps, T: end and start times.
+      denoise: return the data prediction ``x0_hat`` at ``eps`` (one more evaluation).
+      dtype: dtype of the samples; sharding: optional sharding of the ``(B, ...)`` state.
+
+    Returns:
+      ``sample(params, key) -> (x, nfe)``, jitted; ``x`` of shape ``shape``, ``nfe`` an int32.
+      The prior draw uses ``split(key)[0]`` (as every sampler of the registry).
+    """
+    check_scalar_schedule(sde)
+    if order not in (1, 2, 3):
+        raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+    if method not in ("multistep", "singlestep"):
+        raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
+    time_grid(sde, num_steps, grid=grid, eps=eps, T=T)  # validate arguments eagerly
+    x0_fn = data_prediction(sde, score_fn)
+
+    @jax.jit
+    def sample(params, key):
+        k_prior, _ = jax.random.split(key)  # same prior draw as the other samplers
+        x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
+        ts = time_grid(sde, num_steps, grid=grid, eps=eps, T=T, dtype=dtype)
+        x, nfe = dpm_solver_pp_integrate(sde, score_fn, params, x, ts, order=order, method=method,
+                                         lower_order_final=lower_order_final, sharding=sharding)
+        if denoise:
+            x = constrain(x0_fn(params, x, ts[-1]), sharding)
+            nfe += 1
+        return x, jnp.asarray(nfe, jnp.int32)
+
+    return sample
