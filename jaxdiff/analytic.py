@@ -171,32 +171,35 @@ class GaussianMixture(struct.PyTreeNode):
         return GaussianMixture.create(self.weights, self.means[:, idx], covs,
                                       event_shape=event_shape, dtype=self.means.dtype)
 
-    # ---- densities and scores of one mixture (x of shape (B, *event_shape)) -----------------
-    def _component_terms(self, xf: Array):
-        diff = xf[:, None, :] - self.means[None]                  # (B, K, D)
-        proj = jnp.einsum("kdj,bkd->bkj", self.eigvecs, diff)     # (B, K, D) in eigen-basis
-        quad = jnp.sum(proj**2 / self.eigvals, axis=-1)           # (B, K)
-        logdet = jnp.sum(jnp.log(self.eigvals), axis=-1)          # (K,)
+    # ---- densities and scores (x of shape (B, *event_shape)) ---------------------------------
+    def _terms(self, xf: Array, means: Array, eigvals: Array):
+        """Eigen-basis residuals and log-joint terms; ``means``/``eigvals`` are ``(K, D)`` or, for
+        a different law per example, ``(B, K, D)``."""
+        proj = jnp.einsum("kdj,bkd->bkj", self.eigvecs, xf[:, None, :] - means)   # (B, K, D)
+        quad = jnp.sum(proj**2 / eigvals, axis=-1)                                # (B, K)
+        logdet = jnp.sum(jnp.log(eigvals), axis=-1)                               # (K,) | (B, K)
         logn = -0.5 * (quad + logdet + self.dim * jnp.log(2 * jnp.pi))
         return proj, self.log_weights + logn
 
+    def _score(self, xf, means, eigvals):
+        proj, terms = self._terms(xf, means, eigvals)
+        resp = jax.nn.softmax(terms, axis=-1)
+        comp_scores = -jnp.einsum("kdj,bkj->bkd", self.eigvecs, proj / eigvals)
+        return jnp.einsum("bk,bkd->bd", resp, comp_scores)
+
     def log_prob(self, x: Array) -> Array:
         """Log-density of each example, shape ``(B,)``."""
-        _, terms = self._component_terms(_flatten(x, self.dim))
+        _, terms = self._terms(_flatten(x, self.dim), self.means, self.eigvals)
         return jax.nn.logsumexp(terms, axis=-1)
 
     def responsibilities(self, x: Array) -> Array:
         """Posterior component probabilities ``(B, K)``."""
-        _, terms = self._component_terms(_flatten(x, self.dim))
+        _, terms = self._terms(_flatten(x, self.dim), self.means, self.eigvals)
         return jax.nn.softmax(terms, axis=-1)
 
     def score(self, x: Array) -> Array:
         """``grad_x log p(x)``, same shape as ``x``."""
-        xf = _flatten(x, self.dim)
-        proj, terms = self._component_terms(xf)
-        resp = jax.nn.softmax(terms, axis=-1)
-        comp_scores = -jnp.einsum("kdj,bkj->bkd", self.eigvecs, proj / self.eigvals)
-        return jnp.einsum("bk,bkd->bd", resp, comp_scores).reshape(x.shape)
+        return self._score(_flatten(x, self.dim), self.means, self.eigvals).reshape(x.shape)
 
     def sample(self, key: Array, n: int) -> Array:
         """``n`` exact samples, shape ``(n, *event_shape)``."""
@@ -208,17 +211,35 @@ class GaussianMixture(struct.PyTreeNode):
         return x.reshape((n,) + self.event_shape)
 
     # ---- time-dependent versions (per-example t) --------------------------------------------
+    def _at_times(self, sde, x, t):
+        t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
+        alpha, sigma = sde.marginal_coeffs(t)
+        means = alpha[:, None, None] * self.means
+        eigvals = alpha[:, None, None] ** 2 * self.eigvals + sigma[:, None, None] ** 2
+        return _flatten(x, self.dim), means, eigvals
+
     def _per_example(self, fn, sde, x, t):
+        """``fn(p_t, x_i)`` per example: for SDEs with per-coordinate coefficients (multi-speed),
+        whose perturbed covariances need one decomposition per time."""
         t = jnp.broadcast_to(jnp.asarray(t), x.shape[:1])
         return jax.vmap(lambda xi, ti: fn(self.at(sde, ti), xi[None])[0])(x, t)
 
+    @staticmethod
+    def _per_coordinate(sde) -> bool:
+        return jnp.ndim(sde.marginal_coeffs(jnp.zeros(()))[0]) > 0
+
     def score_t(self, sde, x: Array, t: Array) -> Array:
         """Exact score ``grad log p_t(x)`` of the perturbed data; ``t`` scalar or ``(B,)``."""
-        return self._per_example(GaussianMixture.score, sde, x, t)
+        if self._per_coordinate(sde):
+            return self._per_example(GaussianMixture.score, sde, x, t)
+        return self._score(*self._at_times(sde, x, t)).reshape(x.shape)
 
     def log_prob_t(self, sde, x: Array, t: Array) -> Array:
         """Exact ``log p_t(x)``, shape ``(B,)``."""
-        return self._per_example(GaussianMixture.log_prob, sde, x, t)
+        if self._per_coordinate(sde):
+            return self._per_example(GaussianMixture.log_prob, sde, x, t)
+        _, terms = self._terms(*self._at_times(sde, x, t))
+        return jax.nn.logsumexp(terms, axis=-1)
 
     def score_fn(self, sde):
         """A library score function ``score_fn(params, x, t)`` (``params`` is ignored)."""

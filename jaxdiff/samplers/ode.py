@@ -68,6 +68,7 @@ def ode_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 1e-5, at
     Returns:
       ``sample(params, key) -> (x, nfe)``, jitted; ``nfe`` counts every score evaluation.
     """
+    get_solver(solver)  # validate the name now, not at the first call
     rsde = sde.reverse(score_fn, probability_flow=True)
     batch = shape[0]
     denoiser = reverse_diffusion(sde, score_fn, probability_flow=False)
@@ -85,6 +86,6 @@ def ode_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 1e-5, at
         if denoise:
             _, x = denoiser.update(params, k_denoise, x, jnp.full((batch,), eps, x.dtype))
             nfe = nfe + 1
-        return x, nfe
+        return constrain(x, sharding), nfe
 
     return sample

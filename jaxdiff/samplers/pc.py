@@ -6,6 +6,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding
 
 from jaxdiff.samplers.predictors import Step, get_corrector, get_predictor
 
@@ -15,8 +16,19 @@ __all__ = ["pc_step", "pc_loop", "pc_sampler", "constrain"]
 
 
 def constrain(x: Array, sharding) -> Array:
-    """``with_sharding_constraint`` when a sharding is given (e.g. batch over a ``data`` axis)."""
-    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+    """Lay ``x`` out as ``sharding`` (e.g. the batch over a ``data`` axis); a no-op for ``None``.
+
+    The samplers use sharding *hints* (``with_sharding_constraint`` on a mesh with Auto axes), which
+    compose with diffrax's solver loops; a mesh made with Explicit axes (``jax.make_mesh``'s default)
+    is viewed with Auto axes for this. Call the samplers outside an Explicit-axes ``jax.set_mesh``.
+    """
+    if sharding is None:
+        return x
+    mesh = getattr(sharding, "mesh", None)
+    if isinstance(mesh, Mesh) and any(a != AxisType.Auto for a in mesh.axis_types):
+        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+        sharding = NamedSharding(mesh, sharding.spec, memory_kind=sharding.memory_kind)
+    return jax.lax.with_sharding_constraint(x, sharding)
 
 
 def pc_step(sde, score_fn, *, predictor="euler_maruyama", corrector=None, snr: float = 0.16,
@@ -85,6 +97,7 @@ def pc_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="euler_maruya
       denoise: return the noise-free mean of the last step.
       eps: the last time (the grid is ``linspace(T, eps, num_steps)``).
       sharding: optional sharding of the ``(B, ...)`` state, e.g. ``NamedSharding(mesh, P('data'))``.
+        The batch stays sharded through the loop (see :func:`constrain`).
 
     Returns:
       ``sample(params, key) -> (x, nfe)``, jitted; ``nfe`` is the number of score evaluations.
