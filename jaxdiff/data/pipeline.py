@@ -1,16 +1,15 @@
 """grain input pipelines over ``tfds.data_source`` (no TensorFlow) and the toy sources.
 
-Training pipeline (one per host)::
-
-    source -> shuffle(seed) -> repeat (reshuffled every epoch) -> preprocess -> random flip
-           -> batch(global_batch / num_hosts) -> take every num_hosts-th batch from this host's index
-
-Batch ``j`` of host ``p`` of ``P`` therefore holds examples ``[(jP + p) b, (jP + p + 1) b)`` of
-the one global shuffled stream (``b`` the per-host batch): concatenating the hosts' batches in
-process order gives exactly the global batch a single process would see, and the order is a
-pure function of the seed and the step. The iterator is a grain ``DatasetIterator`` whose state
-is saved in the checkpoint (``grain.checkpoint.CheckpointSave``), so a restarted run continues
-with the same examples.
+Training pipeline (one per host): a grain ``MapDataset`` over *batch* indices,
+``range(inf)[host::num_hosts].map(read_batch)``, where local batch ``j`` holds positions
+``[j b, (j + 1) b)`` of one global stream (``b`` the per-host batch). Position ``q`` is example
+``perm_e[q mod N]`` of epoch ``e = q div N`` (a fresh permutation per epoch, drawn from the seed),
+so concatenating the hosts' batches in process order gives exactly the global batch a single
+process would see, and the order is a pure function of the seed and the step. Reading, flips and
+dequantisation are vectorised per batch (grain's per-example overhead would dominate a small
+model's step on a CPU); datasets of up to 65536 examples are cached in memory. The iterator is a
+grain ``DatasetIterator`` whose state is saved in the checkpoint
+(``grain.checkpoint.CheckpointSave``), so a restarted run continues with the same examples.
 
 Elements are dicts: ``'x'`` float32 (the model input: ``(H, W, C)`` images in ``[0, 1]``, or
 ``[-1, 1]`` when ``config.data.centered``, optionally uniformly dequantised; ``(dim,)`` toy
@@ -19,7 +18,6 @@ vectors), for images also ``'image'`` (uint8 at the model resolution, for bits/d
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Optional
 
@@ -30,6 +28,9 @@ from jaxdiff.data.toy import ToySource
 
 __all__ = ["get_source", "train_dataset", "eval_dataset", "DatasetNotFound", "scale_images",
            "resolve_data_dir", "example_shape"]
+
+
+_STREAM_LEN = 1 << 40  # "infinite" stream of batch indices
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -113,49 +114,104 @@ def scale_images(images: np.ndarray, centered: bool) -> np.ndarray:
     return 2.0 * x - 1.0 if centered else x
 
 
-@dataclasses.dataclass(frozen=True)
-class _Preprocess:
-    image_size: int
-    num_channels: int
-    center_crop: int
-    centered: bool
-    dequantize: bool
-    flip: bool
+class _BatchReader:
+    """Reads the local batch ``j`` of the stream (a grain map over batch indices, so every
+    Python-level cost is per batch, not per example).
 
-    def __call__(self, ex: dict, rng: np.random.Generator) -> dict:
-        img = np.asarray(ex["image"])
-        if img.ndim == 2:
-            img = img[..., None]
-        if img.shape[-1] != self.num_channels:
-            raise ValueError(f"config.data.num_channels={self.num_channels} but the dataset's "
-                             f"images have {img.shape[-1]} channels")
-        img = _resize(img.astype(np.uint8), self.image_size, self.center_crop)
-        if self.flip and rng.uniform() < 0.5:
-            img = img[:, ::-1]
-        img = np.ascontiguousarray(img)
+    Local batch ``j`` holds stream positions ``[j b, (j + 1) b)``; position ``q`` is example
+    ``perm_e[q mod N]`` of epoch ``e = q div N``, where ``perm_e`` is a permutation drawn from
+    ``(seed, e)`` (identity without shuffling). Random flips and dequantisation noise are drawn
+    per *global* batch ``k = j div P`` from ``(seed, k)`` and sliced, so they do not depend on
+    the number of hosts either. Small sources are cached in memory on first use.
+    """
+
+    def __init__(self, source, *, batch: int, process_count: int, seed: int, shuffle: bool,
+                 flip: bool, dequantize: bool, centered: bool, image: Optional[tuple],
+                 center_crop: int = 0, cache_limit: int = 1 << 16):
+        self.source, self.n = source, len(source)
+        self.batch, self.pc, self.seed, self.shuffle = batch, process_count, seed, shuffle
+        self.flip, self.dequantize, self.centered = flip, dequantize, centered
+        self.image, self.center_crop = image, center_crop
+        self.cache_limit = cache_limit
+        self._cache, self._perm = None, {}
+
+    def __getstate__(self):  # do not ship caches to grain worker processes
+        d = dict(self.__dict__)
+        d["_cache"], d["_perm"] = None, {}
+        return d
+
+    def _indices(self, positions: np.ndarray) -> np.ndarray:
+        if not self.shuffle:
+            return positions % self.n
+        epochs, within = np.divmod(positions, self.n)
+        out = np.empty_like(positions)
+        for e in np.unique(epochs):
+            if e not in self._perm:
+                if len(self._perm) > 2:
+                    self._perm.clear()
+                self._perm[e] = np.random.default_rng([self.seed, 0, int(e)]).permutation(self.n)
+            sel = epochs == e
+            out[sel] = self._perm[e][within[sel]]
+        return out
+
+    def _read(self, idx: np.ndarray) -> dict:
+        if self._cache is None and self.n <= self.cache_limit:
+            self._cache = self._read_raw(np.arange(self.n))
+        if self._cache is not None:
+            return {k: v[idx] for k, v in self._cache.items()}
+        return self._read_raw(idx)
+
+    def _read_raw(self, idx: np.ndarray) -> dict:
+        if hasattr(self.source, "__getitems__"):
+            exs = self.source.__getitems__([int(i) for i in idx])
+        else:
+            exs = [self.source[int(i)] for i in idx]
+        if self.image is None:
+            return {"x": np.stack([np.asarray(e["x"], np.float32) for e in exs])}
+        size, channels = self.image
+        imgs = []
+        for e in exs:
+            img = np.asarray(e["image"])
+            img = img[..., None] if img.ndim == 2 else img
+            if img.shape[-1] != channels:
+                raise ValueError(f"config.data.num_channels={channels} but the dataset's images "
+                                 f"have {img.shape[-1]} channels")
+            imgs.append(_resize(img.astype(np.uint8), size, self.center_crop))
+        labels = np.asarray([int(e.get("label", -1)) if hasattr(e, "get") else -1 for e in exs],
+                            np.int32)
+        return {"image": np.stack(imgs), "label": labels}
+
+    def __call__(self, j: int) -> dict:
+        j = int(j)
+        positions = j * self.batch + np.arange(self.batch, dtype=np.int64)
+        ex = self._read(self._indices(positions))
+        if self.image is None:
+            return ex
+        img = ex["image"]
+        k, part = divmod(j, self.pc)
+        rows = slice(part * self.batch, (part + 1) * self.batch)
+        rng = np.random.default_rng([self.seed, 1, k])
+        gb = self.batch * self.pc
+        if self.flip:
+            flips = (rng.uniform(size=gb) < 0.5)[rows]
+            img = np.where(flips[:, None, None, None], img[:, :, ::-1], img)
         if self.dequantize:
-            x = (img.astype(np.float32) + rng.uniform(size=img.shape).astype(np.float32)) / 256.0
+            u = rng.uniform(size=(gb,) + img.shape[1:]).astype(np.float32)[rows]
+            x = (img.astype(np.float32) + u) / 256.0
             x = 2.0 * x - 1.0 if self.centered else x
         else:
             x = scale_images(img, self.centered)
-        return {"x": x.astype(np.float32), "image": img,
-                "label": np.asarray(ex.get("label", -1), np.int32)}
+        return {"x": x.astype(np.float32), "image": np.ascontiguousarray(img),
+                "label": ex["label"]}
 
 
-def _toy_map(ex: dict) -> dict:
-    return {"x": ex["x"]}
-
-
-def _map_dataset(config, source, *, train: bool) -> grain.MapDataset:
-    ds = grain.MapDataset.source(source)
-    if train:
-        ds = ds.shuffle(seed=config.seed).repeat(None)
-    if config.data.dataset == "toy":
-        return ds.map(_toy_map)
+def _reader(config, source, *, batch: int, process_count: int, train: bool) -> _BatchReader:
     d = config.data
-    prep = _Preprocess(d.image_size, d.num_channels, d.center_crop, d.centered,
-                       bool(d.uniform_dequantization) and train, bool(d.random_flip) and train)
-    return ds.random_map(prep, seed=config.seed + 1)
+    image = None if d.dataset == "toy" else (d.image_size, d.num_channels)
+    return _BatchReader(source, batch=batch, process_count=process_count, seed=config.seed,
+                        shuffle=train, flip=bool(d.random_flip) and train,
+                        dequantize=bool(d.uniform_dequantization) and train,
+                        centered=bool(d.centered), image=image, center_crop=d.center_crop)
 
 
 def _local_batch(global_batch: int, process_count: int, what: str) -> int:
@@ -182,8 +238,8 @@ def train_dataset(config, data_dir: str, *, process_index: int = 0, process_coun
     """
     source = get_source(config, config.data.train_split, data_dir)
     local = _local_batch(config.training.batch_size, process_count, "config.training.batch_size")
-    ds = _map_dataset(config, source, train=True).batch(local, drop_remainder=True)
-    ds = ds[process_index::process_count]
+    reader = _reader(config, source, batch=local, process_count=process_count, train=True)
+    ds = grain.MapDataset.range(_STREAM_LEN)[process_index::process_count].map(reader)
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                 prefetch_buffer_size=4))
 
@@ -197,5 +253,6 @@ def eval_dataset(config, data_dir: str, *, batch_size: Optional[int] = None,
     source = get_source(config, config.data.eval_split, data_dir)
     bs = batch_size or config.eval.batch_size
     local = _local_batch(bs, process_count, "config.eval.batch_size")
-    ds = _map_dataset(config, source, train=False).batch(local, drop_remainder=True)
-    return ds[process_index::process_count]
+    reader = _reader(config, source, batch=local, process_count=process_count, train=False)
+    n_batches = (len(source) // bs) * process_count
+    return grain.MapDataset.range(n_batches)[process_index::process_count].map(reader)

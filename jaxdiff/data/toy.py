@@ -68,8 +68,12 @@ def sample_toy(name: str, rng: np.random.Generator, n: int, dim: int = 2) -> np.
 
 
 class ToySource:
-    """Random-access toy data source: ``source[i]`` is ``{'x': float32 (dim,)}`` drawn from a
-    generator seeded by ``(seed, i)``; ``len(source) == size``. Pickle-able (grain workers)."""
+    """Random-access toy data source: ``source[i]`` is ``{'x': float32 (dim,)}``, ``len(source)
+    == size``. Examples are drawn in chunks of ``CHUNK``: chunk ``c`` comes from a generator
+    seeded by ``(seed, c)``, so example ``i`` is a pure function of ``(seed, i)``;
+    ``__getitems__`` reads many at once. Pickle-able (grain workers)."""
+
+    CHUNK = 1024
 
     def __init__(self, name: str, *, dim: int = 2, size: int = 1 << 16, seed: int = 0):
         if name not in TOY_NAMES:
@@ -78,13 +82,36 @@ class ToySource:
             raise ValueError(f"toy size must be >= 1, got {size}")
         self.name, self.dim, self.size, self.seed = name, int(dim), int(size), int(seed)
         sample_toy(name, np.random.default_rng(0), 1, dim)  # validates dim
+        self._chunks = {}
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_chunks"] = {}
+        return d
 
     def __len__(self) -> int:
         return self.size
 
+    def _chunk(self, c: int) -> np.ndarray:
+        if c not in self._chunks:
+            if len(self._chunks) >= 128:
+                self._chunks.clear()
+            rng = np.random.default_rng([self.seed, c])
+            self._chunks[c] = sample_toy(self.name, rng, self.CHUNK, self.dim)
+        return self._chunks[c]
+
+    def _check(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < self.size:
+            raise IndexError(f"toy index {i} out of range [0, {self.size})")
+        return i
+
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, int(i)])
-        return {"x": sample_toy(self.name, rng, 1, self.dim)[0]}
+        c, r = divmod(self._check(i), self.CHUNK)
+        return {"x": self._chunk(c)[r]}
+
+    def __getitems__(self, indices) -> list:
+        return [self[i] for i in indices]
 
     def __repr__(self) -> str:
         return f"ToySource({self.name!r}, dim={self.dim}, size={self.size}, seed={self.seed})"

@@ -22,9 +22,17 @@ from jaxdiff.train.defaults import get_default_config
 __all__ = ["validate_config", "load_config", "ConfigError"]
 
 SDES = ("vpsde", "subvpsde", "vesde")
-METHODS = ("pc", "ode", "dpm_solver")
+METHODS = ("pc", "ode")
 OPTIMIZERS = ("adam", "adamw")
 TOYS = ("mixture", "checkerboard", "rings")
+
+
+def _sampler_names() -> list:
+    try:
+        from jaxdiff.samplers.registry import available_samplers
+        return available_samplers()
+    except ImportError:  # the fast samplers are optional
+        return list(METHODS)
 
 
 class ConfigError(ValueError):
@@ -104,8 +112,9 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     tr, sa, da, op = config.training, config.sampling, config.data, config.optim
     if tr.sde not in SDES:
         raise ConfigError(f"config.training.sde: must be one of {SDES}, got {tr.sde!r}")
-    if sa.method not in METHODS:
-        raise ConfigError(f"config.sampling.method: must be one of {METHODS}, got {sa.method!r}")
+    methods = _sampler_names()
+    if sa.method not in methods:
+        raise ConfigError(f"config.sampling.method: must be one of {methods}, got {sa.method!r}")
     if op.optimizer.lower() not in OPTIMIZERS:
         raise ConfigError(f"config.optim.optimizer: must be 'Adam' or 'AdamW', got {op.optimizer!r}")
     from jaxdiff.samplers import CORRECTORS, PREDICTORS

@@ -45,7 +45,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     # -- sampling
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.method = "pc"                 # 'pc' | 'ode' | 'dpm_solver'
+    sampling.method = "pc"                 # 'pc' | 'ode' | any jaxdiff.samplers.registry name
     sampling.predictor = "euler_maruyama"  # a name of jaxdiff.samplers.PREDICTORS or 'none'
     sampling.corrector = "none"            # a name of jaxdiff.samplers.CORRECTORS or 'none'
     sampling.n_steps_each = 1

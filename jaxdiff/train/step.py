@@ -1,0 +1,105 @@
+"""Pure train / eval steps and their jitted, sharded versions.
+
+``make_train_step`` returns ``step(state, batch) -> (state, metrics)`` where ``batch`` is
+``(n_jitted_steps, B, ...)``: a ``lax.scan`` over the ``n_jitted_steps`` micro-steps, each an
+optax update on the full global batch ``B`` followed by the EMA update. ``jit_train_step`` wraps it
+in ``jax.jit`` with explicit in/out shardings on a mesh (batch split over ``'data'``, state
+replicated or FSDP-sharded) and donates the old state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdiff import losses as losses_lib
+from jaxdiff import sde as sde_lib
+from jaxdiff.parallel import data_sharding, replicated
+from jaxdiff.train.state import TrainState, ema_update
+
+__all__ = ["get_sde", "get_score_fns", "get_loss_fn", "make_train_step", "jit_train_step",
+           "make_eval_step"]
+
+
+def get_sde(config) -> sde_lib.SDE:
+    """The SDE of ``config.training.sde`` with the constants of ``config.model``."""
+    m, name = config.model, config.training.sde
+    if name == "vpsde":
+        return sde_lib.VPSDE(m.beta_min, m.beta_max, N=m.num_scales)
+    if name == "subvpsde":
+        return sde_lib.SubVPSDE(m.beta_min, m.beta_max, N=m.num_scales)
+    if name == "vesde":
+        return sde_lib.VESDE(m.sigma_min, m.sigma_max, N=m.num_scales)
+    raise ValueError(f"config.training.sde must be 'vpsde', 'subvpsde' or 'vesde', got {name!r}")
+
+
+def get_score_fns(config, model, sde):
+    """``(train_score_fn, eval_score_fn)``: the network as a score function with dropout on
+    (called with ``rng=``) and off, per ``config.model`` (parameterization, ``scale_by_sigma``)
+    and ``config.training.continuous``."""
+    from jaxdiff.scores import get_score_fn
+    kw = dict(continuous=config.training.continuous,
+              parameterization=config.model.get("parameterization", None),
+              scale_by_sigma=bool(config.model.get("scale_by_sigma", False)))
+    return (get_score_fn(sde, model, train=True, **kw),
+            get_score_fn(sde, model, train=False, **kw))
+
+
+def get_loss_fn(config, sde, score_fn, *, train: bool) -> Callable:
+    """``loss_fn(params, key, batch) -> (loss, aux)`` from ``config.training``."""
+    t = config.training
+    return losses_lib.get_loss(sde, score_fn, continuous=t.continuous, reduce_mean=t.reduce_mean,
+                               likelihood_weighting=t.likelihood_weighting, eps=t.loss_eps,
+                               rng_kwarg="rng" if train else None)
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                    ema_rate: float, ema_warmup: bool = False) -> Callable:
+    """The pure train step.
+
+    Args:
+      loss_fn: ``loss_fn(params, key, batch) -> (loss, aux)``.
+      optimizer: an optax transformation (``config.optim``).
+      ema_rate, ema_warmup: the EMA of the parameters.
+
+    Returns:
+      ``step(state, batches) -> (state, metrics)`` with ``batches`` of shape
+      ``(n, B, ...)``: ``n`` updates in a ``lax.scan``; ``metrics`` holds ``loss`` and
+      ``grad_norm`` of shape ``(n,)``. The PRNG key of the state is split once per update.
+    """
+
+    def one(state: TrainState, batch):
+        rng, step_key = jax.random.split(state.rng)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_key,
+                                                                     batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema_params, params, ema_rate, state.step, warmup=ema_warmup)
+        new = TrainState(step=state.step + 1, params=params, ema_params=ema,
+                         opt_state=opt_state, rng=rng)
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    def step(state: TrainState, batches):
+        return jax.lax.scan(one, state, batches)
+
+    return step
+
+
+def jit_train_step(step: Callable, mesh, state_shardings) -> Callable:
+    """``jax.jit`` of a train step on ``mesh``: batches ``(n, B, ...)`` split on ``'data'`` along
+    ``B``, the state with ``state_shardings``, metrics replicated; the input state is donated."""
+    return jax.jit(step, in_shardings=(state_shardings, data_sharding(mesh, 1)),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
+
+
+def make_eval_step(loss_fn: Callable, mesh) -> Callable:
+    """Jitted ``eval_step(params, key, batch) -> mean loss`` (no gradient, no dropout)."""
+
+    def eval_step(params, key, batch):
+        return loss_fn(params, key, batch)[0]
+
+    return jax.jit(eval_step, in_shardings=(None, None, data_sharding(mesh)),
+                   out_shardings=replicated(mesh))
