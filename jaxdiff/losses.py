@@ -72,14 +72,18 @@ def score_matching_loss(sde, score_fn, *, reduce_mean: bool = True,
 
 
 def _discrete_loss(sde, score_fn, std_table, mean_table, reduce_mean, rng_kwarg):
-    """``t_i = i / (N - 1)`` for a uniform index ``i``; ``x = mean_i x_0 + std_i z``;
-    loss ``reduce(|score * std_i + z|^2)``."""
+    """``t_i = i / (N - 1)`` for a uniform index ``i`` (so ``floor(t_i (N - 1)) = i`` exactly);
+    ``x = mean_i x_0 + std_i z``; loss ``reduce(|score * std_i + z|^2)``."""
 
     def loss_fn(params, key, batch):
         _check_batch(batch)
         k_i, k_z, k_net = jax.random.split(key, 3)
         idx = jax.random.randint(k_i, (batch.shape[0],), 0, sde.N)
         t = idx.astype(batch.dtype) / (sde.N - 1) * sde.T
+        # Discrete networks read their label as floor(t (N - 1)) (as the reference code does);
+        # rounding can put i / (N - 1) * (N - 1) just below i, so move t up by one ulp there.
+        t = jnp.where(jnp.floor(t * (sde.N - 1) / sde.T) < idx,
+                      jnp.nextafter(t, jnp.asarray(2 * sde.T, t.dtype)), t)
         z = jax.random.normal(k_z, batch.shape, batch.dtype)
         std = batch_broadcast(std_table[idx].astype(batch.dtype), batch)
         x_t = batch_broadcast(mean_table[idx].astype(batch.dtype), batch) * batch + std * z

@@ -78,16 +78,16 @@ def test_reduce_mean_vs_sum_is_the_dimension(x64):
 
 def _discrete_exact(std_table, n):
     def score_fn(params, x, t):
-        i = jnp.round(t * (n - 1)).astype(jnp.int32)
+        i = jnp.floor(t * (n - 1)).astype(jnp.int32)  # how discrete networks read t (paper code)
         return -x / (std_table[i] ** 2)[:, None]
     return score_fn
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "smld"])
-def test_discrete_losses_use_the_discrete_schedule(kind, x64):
+def test_discrete_losses_use_the_discrete_schedule(kind):
     """With x_0 = 0, the discrete perturbation is std_i z and the score -x / std_i^2 cancels it
     exactly, provided the loss perturbs with the discrete table and calls the network at t_i."""
-    n = 50
+    n = 1000
     if kind == "ddpm":
         sde = VPSDE(N=n)
         table = jnp.sqrt(1.0 - sde.alphas_cumprod)
@@ -96,11 +96,11 @@ def test_discrete_losses_use_the_discrete_schedule(kind, x64):
         sde = VESDE(N=n)
         table = sde.discrete_sigmas
         loss_factory = losses.smld_loss
-    batch = jnp.zeros((256, 3))
+    batch = jnp.zeros((512, 3), jnp.float32)  # float32: where floor(i / (N-1) * (N-1)) can be i-1
     loss, aux = loss_factory(sde, _discrete_exact(table, n))(None, jax.random.key(5), batch)
-    assert float(loss) < 1e-20
-    np.testing.assert_array_equal(jnp.round(aux["t"] * (n - 1)).astype(int), aux["labels"])
-    assert len(np.unique(aux["labels"])) > 40  # indices cover the schedule
+    assert float(loss) < 1e-12
+    np.testing.assert_array_equal(jnp.floor(aux["t"] * (n - 1)).astype(int), aux["labels"])
+    assert len(np.unique(aux["labels"])) > 200  # indices cover the schedule
     # The continuous-time std at the same t is not the discrete one for the VP SDE: the test can fail.
     if kind == "ddpm":
         _, std_c = sde.marginal_prob(batch, aux["t"])
