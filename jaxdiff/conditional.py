@@ -46,7 +46,8 @@ CondScoreFn = Callable[..., Array]
 __all__ = [
     "ConditionalEstimator", "get_estimator", "ESTIMATORS", "joint_to_conditional",
     "concat_conditional", "observe", "TASKS", "downsample", "upsample", "inpaint_mask",
-    "sobel_edges", "split_batch",
+    "sobel_edges", "split_batch", "config_section", "validate_section", "condition_channels",
+    "make_observe", "get_conditional_loss",
 ]
 
 ESTIMATORS = ("cde", "cdiffe", "cmde")
@@ -359,3 +360,87 @@ def observe(task: str, x: Array, *, factor: int = 2, mask: Optional[Array] = Non
     if task == "edges":
         return sobel_edges(x)
     raise ValueError(f"unknown conditional task {task!r}; choose one of {TASKS}")
+
+
+# ---- configs and training plumbing -----------------------------------------------------------
+def config_section(*, estimator: str = "cmde", task: str = "super_resolution",
+                   y_speed: float = 0.25, factor: int = 2, mask: str = "center",
+                   resample_y: bool = True):
+    """The ``config.msdiff`` section of a conditional experiment (``configs/msdiff_*.py``).
+
+    Keys: ``mode='conditional'``, ``estimator`` ('cde' | 'cdiffe' | 'cmde'), ``task``
+    ('super_resolution' | 'inpainting' | 'edges'), ``y_speed`` (CMDE), ``factor``
+    (super-resolution), ``mask`` ('center' | 'half', inpainting), ``resample_y`` (sampler).
+    """
+    import ml_collections
+    sec = ml_collections.ConfigDict(dict(
+        mode="conditional", estimator=estimator, task=task, y_speed=float(y_speed),
+        factor=int(factor), mask=mask, resample_y=bool(resample_y)))
+    validate_section(sec)
+    return sec
+
+
+def validate_section(sec) -> None:
+    """Check a conditional ``config.msdiff`` section; raises ``ValueError`` naming the bad key."""
+    allowed = {"mode", "estimator", "task", "y_speed", "factor", "mask", "resample_y"}
+    bad = sorted(set(sec.keys()) - allowed)
+    if bad:
+        raise ValueError(f"config.msdiff: unknown key(s) {bad}; accepted: {sorted(allowed)}")
+    if sec.mode != "conditional":
+        raise ValueError(f"config.msdiff.mode must be 'conditional', got {sec.mode!r}")
+    if sec.estimator not in ESTIMATORS:
+        raise ValueError(f"config.msdiff.estimator must be one of {ESTIMATORS}, got {sec.estimator!r}")
+    if sec.task not in TASKS:
+        raise ValueError(f"config.msdiff.task must be one of {TASKS}, got {sec.task!r}")
+    if not 0.0 < float(sec.y_speed) <= 1.0:
+        raise ValueError(f"config.msdiff.y_speed must be in (0, 1], got {sec.y_speed!r}")
+    if int(sec.factor) < 1:
+        raise ValueError(f"config.msdiff.factor must be >= 1, got {sec.factor!r}")
+    if sec.mask not in ("center", "half"):
+        raise ValueError(f"config.msdiff.mask must be 'center' or 'half', got {sec.mask!r}")
+
+
+def condition_channels(task: str, channels: int) -> int:
+    """Channels of the observation ``y`` of ``task`` for images with ``channels`` channels."""
+    if task not in TASKS:
+        raise ValueError(f"unknown conditional task {task!r}; choose one of {TASKS}")
+    return channels + 1 if task == "inpainting" else channels
+
+
+def make_observe(sec, image_size: int) -> Callable[[Array], Array]:
+    """``observe_fn(images) -> y`` for the task of a ``config.msdiff`` section."""
+    mask = inpaint_mask(image_size, sec.mask) if sec.task == "inpainting" else None
+    return lambda x: observe(sec.task, x, factor=int(sec.factor), mask=mask)
+
+
+def get_conditional_loss(sec, x_sde: SDE, score_fn: Callable, *, image_size: int,
+                         channels: int, reduce_mean: bool = True,
+                         likelihood_weighting: bool = False, eps: float = 1e-5,
+                         rng_kwarg: Optional[str] = None):
+    """Training loss of a conditional experiment over plain image batches.
+
+    Args:
+      sec: the ``config.msdiff`` section (:func:`config_section`).
+      x_sde: the SDE of ``x`` (from ``config.training.sde``).
+      score_fn: ``score_fn(params, z, t, **kw)`` of a network with
+        ``channels + condition_channels(task, channels)`` input and output channels (e.g.
+        ``jaxdiff.scores.get_score_fn(x_sde, model, train=True)``).
+      image_size, channels: of the clean images.
+      reduce_mean, likelihood_weighting, eps, rng_kwarg: as for
+        :meth:`ConditionalEstimator.loss`.
+
+    Returns:
+      ``(loss_fn(params, key, images) -> (loss, aux), estimator, cond_score_fn)``: the loss makes
+      ``y = observe(images)`` itself, so a training loop that feeds image batches runs unchanged.
+    """
+    validate_section(sec)
+    est = get_estimator(sec.estimator, x_sde, y_speed=float(sec.y_speed))
+    cond_score = concat_conditional(score_fn, channels)
+    inner = est.loss(cond_score, reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting,
+                     eps=eps, rng_kwarg=rng_kwarg)
+    observe_fn = make_observe(sec, image_size)
+
+    def loss_fn(params, key, images):
+        return inner(params, key, (images, observe_fn(images)))
+
+    return loss_fn, est, cond_score

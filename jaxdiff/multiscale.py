@@ -37,7 +37,8 @@ from jaxdiff.sde import SDE
 Array = jax.Array
 
 __all__ = ["haar_forward", "haar_inverse", "haar_step", "haar_step_inverse", "HaarMultiScale",
-           "multiscale_sampler", "ideal_speedup"]
+           "multiscale_sampler", "multiscale_loss", "stage_time_range", "ideal_speedup",
+           "config_section", "from_config"]
 
 
 # ---- Haar wavelets -------------------------------------------------------------------------
@@ -147,15 +148,17 @@ class HaarMultiScale(struct.PyTreeNode):
         return (H // 2**stage, W // 2**stage, C)
 
     def speed_map(self, stage: int = 0) -> Array:
-        """Speeds ``(H/2^s, W/2^s, 1)`` of the stage-``s`` coefficient block: ``1 / T_l`` on the
-        level-``l`` details (``l > s``), 1 on the approximation."""
+        """Speeds ``(H/2^s, W/2^s, C)`` of the stage-``s`` coefficient block: ``1 / T_l`` on the
+        level-``l`` details (``l > s``), 1 on the approximation. (Full shape, so that
+        ``marginal_coeffs`` has the shape of a batch and :func:`jaxdiff.scores.get_score_fn` works
+        on the stage SDE.)"""
         if not 0 <= stage <= self.levels:
             raise ValueError(f"stage must be in [0, {self.levels}], got {stage}")
-        h, w, _ = self.block_shape(stage)
-        out = np.ones((h, w, 1))
+        h, w, c = self.block_shape(stage)
+        out = np.ones((h, w, c))
         for l in range(self.levels, stage, -1):          # coarse to fine: finer bands overwrite
             size_h, size_w = self.image_shape[0] // 2 ** (l - 1), self.image_shape[1] // 2 ** (l - 1)
-            band = np.zeros((h, w, 1), bool)
+            band = np.zeros((h, w, c), bool)
             band[:size_h, :size_w] = True
             band[:size_h // 2, :size_w // 2] = False
             out[band] = self.base.T / self.end_times[l - 1]
@@ -191,6 +194,55 @@ class HaarMultiScale(struct.PyTreeNode):
     def to_image(self, c: Array) -> Array:
         """Packed Haar coefficients ``(B, H, W, C)`` to images."""
         return haar_inverse(c, self.levels)
+
+
+def stage_time_range(ms: HaarMultiScale, stage: int, eps: float = 1e-5) -> tuple[float, float]:
+    """Times ``(T_s, T_{s+1}]`` in which the stage-``s`` block is the moving state (``T_0 = eps``,
+    ``T_{L+1} = T``): the range the stage's score network is used in, and trained on."""
+    lo = eps if stage == 0 else ms.end_times[stage - 1]
+    hi = ms.base.T if stage == ms.levels else ms.end_times[stage]
+    return lo, hi
+
+
+def multiscale_loss(ms: HaarMultiScale, stage: int, score_fn, *, reduce_mean: bool = True,
+                    eps: float = 1e-5, rng_kwarg: Optional[str] = None):
+    """Denoising score matching of the stage-``s`` network of a multi-scale model.
+
+    Images ``(B, H, W, C)`` are Haar-transformed; the top-left ``ms.block_shape(s)`` coefficients
+    are diffused by ``ms.sde(s)`` (per-band speeds) to ``t ~ U(T_s, T_{s+1})``
+    (:func:`stage_time_range`), and the loss is ``reduce(|score * sigma + z|^2)`` with the
+    per-coefficient ``sigma``.
+
+    Args:
+      ms: the multi-scale diffusion.
+      stage: ``0..L`` (0 is full resolution).
+      score_fn: ``score_fn(params, c, t)`` on coefficients of ``ms.block_shape(stage)``.
+      reduce_mean: mean (else sum) over dimensions.
+      eps: the smallest time of stage 0.
+      rng_kwarg: if given, ``score_fn`` also gets ``**{rng_kwarg: key}`` (dropout).
+
+    Returns:
+      ``loss_fn(params, key, images) -> (loss, {'losses': (B,), 't': (B,)})``.
+    """
+    sde = ms.sde(stage)
+    lo, hi = stage_time_range(ms, stage, eps)
+    h, w, _ = ms.block_shape(stage)
+
+    def loss_fn(params, key, images):
+        if images.shape[1:] != ms.image_shape:
+            raise ValueError(f"images must be (B, *{ms.image_shape}), got {images.shape}")
+        k_t, k_z, k_net = jax.random.split(key, 3)
+        c = ms.to_coeffs(images)[:, :h, :w]
+        t = jax.random.uniform(k_t, (c.shape[0],), c.dtype, lo, hi)
+        z = jax.random.normal(k_z, c.shape, c.dtype)
+        mean, std = sde.marginal_prob(c, t)
+        kwargs = {} if rng_kwarg is None else {rng_kwarg: k_net}
+        score = score_fn(params, mean + std * z, t, **kwargs)
+        sq = jnp.square(score * std + z).reshape(c.shape[0], -1)
+        losses = jnp.mean(sq, -1) if reduce_mean else jnp.sum(sq, -1)
+        return jnp.mean(losses), {"losses": losses, "t": t}
+
+    return loss_fn
 
 
 def ideal_speedup(ms: HaarMultiScale, num_steps: int, eps: float = 1e-3) -> float:
@@ -274,3 +326,22 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
         return (out if return_coeffs else ms.to_image(out)), jnp.asarray(nfe, jnp.int32)
 
     return sample
+
+
+def config_section(*, end_times: Sequence[float], stage: int = 0):
+    """The ``config.msdiff`` section of a multi-scale experiment (``configs/msdiff_multiscale_*``):
+    ``mode='multiscale'``, ``end_times`` (``T_1 < ... < T_L``), ``stage`` (the scale whose network
+    a training run fits; one run per stage ``0..L``, as in the paper's independent per-scale
+    networks)."""
+    import ml_collections
+    end_times = tuple(float(t) for t in end_times)
+    if not 0 <= int(stage) <= len(end_times):
+        raise ValueError(f"config.msdiff.stage must be in [0, {len(end_times)}], got {stage}")
+    return ml_collections.ConfigDict(dict(mode="multiscale", end_times=end_times, stage=int(stage)))
+
+
+def from_config(sec, base: SDE, image_size: int, channels: int) -> HaarMultiScale:
+    """The :class:`HaarMultiScale` of a ``config.msdiff`` section (``mode='multiscale'``)."""
+    if sec.mode != "multiscale":
+        raise ValueError(f"config.msdiff.mode must be 'multiscale', got {sec.mode!r}")
+    return HaarMultiScale.create(base, (image_size, image_size, channels), tuple(sec.end_times))

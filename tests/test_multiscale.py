@@ -39,6 +39,7 @@ def test_haar_round_trip_orthonormal_and_packed(x64):
 
 def test_speed_map_and_schedule():
     ms = HaarMultiScale.create(VPSDE(), (8, 8, 1), (0.25, 0.5))
+    assert ms.speed_map(0).shape == (8, 8, 1)
     sp = np.asarray(ms.speed_map(0))[..., 0]
     assert sp[0, 0] == 1.0 and sp[0, 3] == 2.0 and sp[3, 3] == 2.0 and sp[0, 4] == 4.0
     assert sp[7, 7] == 4.0 and np.sum(sp == 1.0) == 4 and np.sum(sp == 2.0) == 12
@@ -125,3 +126,31 @@ def test_multiscale_ve_and_errors():
         multiscale_sampler(ms, [lambda p, c, t: c] * 2, 4)
     with pytest.raises(ValueError, match="eps"):
         multiscale_sampler(ms, lambda p, c, t: c, 4, eps=0.5)
+
+
+def test_multiscale_loss_matches_closed_form(x64):
+    """Stage-1 DSM loss with the exact score equals its closed form ``1 - tr(diag(s) C_t^-1
+    diag(s)) / D`` per example (C_t the perturbed covariance of the coefficient block), and its
+    times lie in the stage's range."""
+    from jaxdiff.multiscale import multiscale_loss, stage_time_range
+    mu, S, W, coeffs = _gaussian_problem()
+    ms = HaarMultiScale.create(VPSDE(), (H, H, 1), (0.3, 0.6))
+    stage, h = 1, H // 2
+    block = coeffs.marginal(np.arange(D).reshape(H, H)[:h, :h].ravel(), event_shape=(h, h, 1))
+    sde = ms.sde(stage)
+    images = (np.asarray(coeffs.sample(jax.random.PRNGKey(0), 600)).reshape(-1, D) @ W)
+    loss, aux = multiscale_loss(ms, stage, block.score_fn(sde))(
+        None, jax.random.PRNGKey(1), jnp.asarray(images).reshape(-1, H, H, 1))
+    lo, hi = stage_time_range(ms, stage)
+    assert (lo, hi) == (0.3, 0.6) and float(aux["t"].min()) >= lo and float(aux["t"].max()) <= hi
+    cov = np.asarray(block.covs[0])
+
+    alphas, sigmas = (np.asarray(v).reshape(-1, h * h) for v in sde.marginal_coeffs(aux["t"]))
+
+    def expected(a, s):
+        c = a[:, None] * cov * a[None] + np.diag(s**2)
+        return 1.0 - np.trace(np.diag(s) @ np.linalg.solve(c, np.diag(s))) / c.shape[0]
+
+    ref = np.mean([expected(a, s) for a, s in zip(alphas, sigmas)])
+    np.testing.assert_allclose(float(loss), ref, rtol=0.05)
+    assert 0.05 < ref < 0.5         # far from 1 (zero score) and from 0
