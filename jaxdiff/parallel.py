@@ -84,7 +84,10 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     if jax.process_count() > 1 and n != n_all:
         raise ValueError(f"config.parallel.num_devices={num_devices}: on {jax.process_count()} "
                          f"hosts the mesh must use all {n_all} devices")
-    return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+    # Auto axes: XLA propagates the batch sharding through the network (Explicit axes would
+    # make every reshape in a model declare its output sharding).
+    return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
+                         axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def data_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:

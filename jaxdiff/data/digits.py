@@ -3,7 +3,7 @@
 The 1797 images ship inside scikit-learn (no download). :func:`prepare_digits` writes them once as
 a tfds dataset ``sklearn_digits`` in ArrayRecord format (``tfds.core.GeneratorBasedBuilder``,
 readable by ``tfds.data_source`` without TensorFlow): ``image`` uint8 ``(8, 8, 1)`` scaled from
-0..16 to 0..255, ``label`` int64. Split ``test`` holds every 10th image (180), ``train`` the other
+0..16 to 0..255, ``label``, ``index`` (position in ``load_digits()``), in scikit-learn's order. Split ``test`` holds every 10th image (180), ``train`` the other
 1617.
 """
 
@@ -40,8 +40,10 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
                 # Tensor, not Image: Image encodes PNGs through TensorFlow, which is not installed.
                 "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
                 "label": tfds.features.ClassLabel(num_classes=10),
+                "index": tfds.features.Scalar(dtype=np.int64),  # position in load_digits()
             }),
             supervised_keys=("image", "label"),
+            disable_shuffling=True,  # keep scikit-learn's order
         )
 
     def _split_generators(self, dl_manager):
@@ -55,7 +57,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
         images = np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
         for i, (im, label) in enumerate(zip(images, d.target)):
             if (i % 10 == 0) == test:
-                yield i, {"image": im[..., None], "label": int(label)}
+                yield i, {"image": im[..., None], "label": int(label), "index": i}
 
 
 def prepare_digits(data_dir: str) -> str:

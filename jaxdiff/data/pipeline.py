@@ -76,18 +76,15 @@ def get_source(config, split: str, data_dir: str):
         prepare_digits(data_dir)
         name = DIGITS_NAME
     try:
-        sources = tfds.data_source(name, data_dir=data_dir, download=False)
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types (DatasetNotFoundError, AssertionError...)
+        msg = str(e).splitlines()[0] if str(e) else ""
         raise DatasetNotFound(
-            f"config.data.dataset={name!r} is not prepared under data_dir={data_dir!r} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Prepare it once on "
-            f"a machine with internet: `tfds build {name} --data_dir={data_dir} "
+            f"config.data.dataset={name!r} (split {split!r}) is not prepared under "
+            f"data_dir={data_dir!r} ({type(e).__name__}: {msg}). Prepare it once on a machine "
+            f"with internet: `tfds build {name} --data_dir={data_dir} "
             f"--file_format=array_record` (or set config.data.data_dir to where it lives); "
             f"'digits' and 'toy' need no preparation.") from e
-    if split not in sources:
-        raise DatasetNotFound(f"config.data: split {split!r} not in dataset {name!r} "
-                              f"(splits: {sorted(sources)})")
-    return sources[split]
 
 
 def _resize(img: np.ndarray, size: int, crop: int) -> np.ndarray:
@@ -162,9 +159,13 @@ class _BatchReader:
         return self._read_raw(idx)
 
     def _read_raw(self, idx: np.ndarray) -> dict:
+        exs = None
         if hasattr(self.source, "__getitems__"):
-            exs = self.source.__getitems__([int(i) for i in idx])
-        else:
+            try:
+                exs = self.source.__getitems__([int(i) for i in idx])
+            except TypeError:  # e.g. tfds.testing.mock_data's source
+                exs = None
+        if exs is None:
             exs = [self.source[int(i)] for i in idx]
         if self.image is None:
             return {"x": np.stack([np.asarray(e["x"], np.float32) for e in exs])}

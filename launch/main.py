@@ -1,0 +1,80 @@
+"""jaxdiff entry point: train a score model, evaluate it, or sample from it.
+
+    python launch/main.py --config=configs/digits.py --workdir=runs/digits --mode=train
+    python launch/main.py --config=configs/digits.py --workdir=runs/digits --mode=eval
+    python launch/main.py --config=configs/digits.py --workdir=runs/digits --mode=sample
+
+Any config key can be overridden: ``--config.training.batch_size=64``; an unknown key or a value
+of the wrong type stops start-up with the key's name. On several hosts run the same command on
+every host (see launch/tpu_pod.sh, launch/gpu.sh); ``jax.distributed`` is initialised
+automatically on a Cloud TPU pod / SLURM / Open MPI, or with
+``--config.parallel.distributed=yes --config.parallel.coordinator_address=HOST:PORT
+--config.parallel.num_processes=N --config.parallel.process_id=I``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard, samples, reports")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to do")
+flags.DEFINE_integer("num_samples", 0, "--mode=sample: number of samples (0: config)")
+flags.DEFINE_integer("max_steps", 0, "stop after this many steps in this call (0: n_iters)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int = 0) -> dict:
+    """Run ``mode`` ('train' | 'eval' | 'sample') of ``config`` in ``workdir``; return its
+    result dict (see :func:`jaxdiff.train.train`, :func:`jaxdiff.train.evaluate.evaluate`,
+    :func:`jaxdiff.train.evaluate.sample`)."""
+    from jaxdiff.train import train
+    from jaxdiff.train.evaluate import evaluate, sample
+    if mode == "train":
+        r = train(config, workdir, max_steps=max_steps or None)
+        r = {k: v for k, v in r.items() if k in ("step", "status")}
+        return r
+    if mode == "eval":
+        return evaluate(config, workdir)
+    if mode == "sample":
+        return sample(config, workdir, num_samples=num_samples or None)
+    raise ValueError(f"--mode must be train, eval or sample, got {mode!r}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from jaxdiff.data import DatasetNotFound
+    from jaxdiff.train.config import ConfigError
+    try:
+        result = run(FLAGS.config, FLAGS.workdir, FLAGS.mode, num_samples=FLAGS.num_samples,
+                     max_steps=FLAGS.max_steps)
+    except (ConfigError, DatasetNotFound, PermissionError, NotADirectoryError,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    import jax
+    if jax.process_index() == 0:
+        print(json.dumps(result, default=float))
+
+
+def parse_flags(argv):
+    """Parse flags; a bad config override (unknown key, wrong type) exits with status 2 and a
+    one-line message naming the key instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = " ".join(str(e).replace("\\n", " ").split())
+        print(f"error: bad command line ({type(e).__name__}): {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

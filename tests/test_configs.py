@@ -1,0 +1,117 @@
+"""Experiment configs: every file validates, the paper's CIFAR-10 hyper-parameters, and every bad
+key / type / value fails naming the key (in files, in overrides, on the command line)."""
+
+import glob
+import os
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from jaxdiff.train.config import ConfigError, load_config, validate_config
+from jaxdiff.train.defaults import get_default_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def test_required_config_files_exist():
+    names = {os.path.basename(p)[:-3] for p in CONFIGS}
+    required = {"default", "toy_2d", "digits", "mnist", "celeba_64", "ffhq_256"}
+    for arch in ("ddpmpp", "ncsnpp"):
+        for sde in ("vp", "subvp", "ve"):
+            for deep in ("", "_deep"):
+                required.add(f"cifar10_{arch}_{sde}{deep}_continuous")
+    assert required <= names, sorted(required - names)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+def test_every_config_validates(path):
+    config = load_config(path)
+    assert config.training.sde in ("vpsde", "subvpsde", "vesde")
+
+
+@pytest.mark.parametrize("sde", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("arch", ["ddpmpp", "ncsnpp"])
+def test_cifar10_paper_hyperparameters(arch, sde):
+    c = load_config(os.path.join(ROOT, "configs", f"cifar10_{arch}_{sde}_continuous.py"))
+    assert c.training.batch_size == 128
+    assert c.optim.lr == 2e-4 and c.optim.warmup == 5000 and c.optim.grad_clip == 1.0
+    assert c.optim.optimizer == "Adam" and c.optim.beta1 == 0.9 and c.optim.eps == 1e-8
+    assert c.model.num_scales == 1000 and c.sampling.snr == 0.16
+    assert (c.model.beta_min, c.model.beta_max) == (0.1, 20.0)
+    assert (c.model.sigma_min, c.model.sigma_max) == (0.01, 50.0)
+    assert c.model.ema_rate == (0.999 if sde == "ve" else 0.9999)
+    assert c.training.sde == {"vp": "vpsde", "subvp": "subvpsde", "ve": "vesde"}[sde]
+    assert c.training.continuous
+    assert c.data.image_size == 32 and c.data.num_channels == 3 and c.data.random_flip
+    assert c.data.centered == (sde != "ve")
+    assert c.model.scale_by_sigma == (sde == "ve")
+    if sde == "ve":
+        assert (c.sampling.predictor, c.sampling.corrector) == ("reverse_diffusion", "langevin")
+
+
+def _bad(mutate):
+    c = get_default_config()
+    mutate(c)
+    return c
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: setattr(c, "trainin", {"batch_size": 3}), "config.trainin"),
+    (lambda c: c.training.__setattr__("batch_sizee", 3), "config.training.batch_sizee"),
+    (lambda c: c.data.__setattr__("image_sise", 3), "config.data.image_sise"),
+    (lambda c: c.training.__setattr__("sde", "vp"), "config.training.sde"),
+    (lambda c: c.sampling.__setattr__("method", "euler"), "config.sampling.method"),
+    (lambda c: c.sampling.__setattr__("predictor", "heun"), "config.sampling.predictor"),
+    (lambda c: c.optim.__setattr__("optimizer", "sgd"), "config.optim.optimizer"),
+    (lambda c: c.training.__setattr__("batch_size", 0), "config.training.batch_size"),
+    (lambda c: c.model.__setattr__("ema_rate", 1.5), "config.model.ema_rate"),
+    (lambda c: c.model.__setattr__("nff", 3), "nff"),
+    (lambda c: c.parallel.__setattr__("distributed", "maybe"), "config.parallel.distributed"),
+])
+def test_bad_key_or_value_names_the_key(mutate, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(_bad(mutate))
+
+
+def test_wrong_type_names_key_and_types():
+    c = get_default_config()
+    # ConfigDict itself refuses a str for an int field; a config built from plain dicts does not
+    d = c.to_dict()
+    d["training"]["n_iters"] = "many"
+    import ml_collections
+    with pytest.raises(ConfigError, match=r"config\.training\.n_iters: expected int, got str"):
+        validate_config(ml_collections.ConfigDict(d))
+    d = c.to_dict()
+    d["data"]["centered"] = 1
+    with pytest.raises(ConfigError, match=r"config\.data\.centered: expected bool"):
+        validate_config(ml_collections.ConfigDict(d))
+
+
+def test_overrides_in_load_config():
+    path = os.path.join(ROOT, "configs", "digits.py")
+    assert load_config(path, ["training.batch_size=32"]).training.batch_size == 32
+    assert load_config(path, ["optim.lr=1"]).optim.lr == 1.0
+    with pytest.raises(ConfigError, match=r"config\.training\.batch_sizee"):
+        load_config(path, ["training.batch_sizee=3"])
+    with pytest.raises(ConfigError, match=r"config\.training\.batch_size: expected int"):
+        load_config(path, ["training.batch_size='abc'"])
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        load_config(os.path.join(ROOT, "configs", "nope.py"))
+
+
+def _parse(args):
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True)
+    fv(["prog", f"--config={os.path.join(ROOT, 'configs', 'digits.py')}"] + args)
+    return fv.config
+
+
+def test_command_line_overrides():
+    c = _parse(["--config.training.batch_size=64", "--config.optim.lr=0.003",
+                "--config.model.nf=16"])
+    assert c.training.batch_size == 64 and c.optim.lr == 0.003 and c.model.nf == 16
+    validate_config(c)
+    with pytest.raises(Exception, match="batch_sizee"):
+        _parse(["--config.training.batch_sizee=64"])
