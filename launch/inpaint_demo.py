@@ -56,7 +56,7 @@ def inpaint(config, workdir, *, num_digits=8, num_draws=4, method="pc", num_step
     params, step, exp = load_params(config, workdir)
     shape = exp.example_shape
     data = eval_dataset(config, resolve_data_dir(config, workdir), batch_size=num_digits)[0]
-    images = np.asarray(data["image"] if isinstance(data, dict) else data, np.float32)
+    images = np.asarray(data["x"], np.float32)                          # model space
     images = images.reshape((-1,) + tuple(shape))[:num_digits]
     mask = lower_half_mask(shape)
     n = num_steps or config.sampling.num_steps or exp.sde.N
