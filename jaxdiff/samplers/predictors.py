@@ -37,6 +37,8 @@ CORRECTORS: dict[str, Callable[..., Step]] = {}
 
 
 def register_predictor(name: str):
+    """Decorator registering a predictor factory ``(sde, score_fn, probability_flow) -> Step``
+    under ``name`` (usable as ``pc_sampler(..., predictor=name)``)."""
     def deco(fn):
         PREDICTORS[name] = fn
         return fn
@@ -44,6 +46,8 @@ def register_predictor(name: str):
 
 
 def register_corrector(name: str):
+    """Decorator registering a corrector factory ``(sde, score_fn, snr, n_steps) -> Step``
+    under ``name`` (usable as ``pc_sampler(..., corrector=name)``)."""
     def deco(fn):
         CORRECTORS[name] = fn
         return fn
@@ -60,10 +64,12 @@ def _lookup(table, kind, name):
 
 
 def get_predictor(name) -> Callable[..., Step]:
+    """The predictor factory registered as ``name`` (a callable is returned as is)."""
     return _lookup(PREDICTORS, "predictor", name)
 
 
 def get_corrector(name) -> Callable[..., Step]:
+    """The corrector factory registered as ``name`` (a callable is returned as is)."""
     return _lookup(CORRECTORS, "corrector", name)
 
 
