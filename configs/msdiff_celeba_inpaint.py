@@ -28,5 +28,6 @@ def get_config(estimator: str = "cmde"):
     config.sampling.predictor = "euler_maruyama"
     config.sampling.corrector = "none"
     config.eval.enable_bpd = False
-    config.msdiff = conditional.config_section(estimator=estimator, task="inpainting", mask="center", y_speed=0.25)
+    config.msdiff = conditional.config_section(
+        estimator=estimator, task="inpainting", mask="center", y_speed=0.25)
     return config

@@ -37,5 +37,6 @@ def get_config(estimator: str = "cmde"):
     config.sampling.corrector = "none"
     config.sampling.num_steps = 250
     config.eval.enable_bpd = False        # p(x | y) has no unconditional bits/dim
-    config.msdiff = conditional.config_section(estimator=estimator, task="edges", y_speed=0.25)
+    config.msdiff = conditional.config_section(
+        estimator=estimator, task="edges", y_speed=0.25)
     return config

@@ -1,6 +1,6 @@
-"""Multi-scale (Haar, non-uniform) diffusion at 128x128 (CelebA 128x128, the paper's flagship setting), Batzolis et al. 2022: 3 Haar
-levels, detail levels ending at T = (0.15, 0.35, 0.6); coarse-to-fine sampling runs most steps at low
-resolution (pixel-proportional speed-up 4.52x at 1000 steps; see docs/bench_multiscale.md).
+"""Multi-scale (Haar, non-uniform) diffusion at 128x128 (CelebA 128x128, the paper's flagship
+setting), Batzolis et al. 2022: 3 Haar levels, detail levels ending at T = (0.15, 0.35, 0.6);
+coarse-to-fine sampling runs most steps at low resolution (pixel-proportional speed-up 4.52x at 1000 steps; see docs/bench_multiscale.md).
 One training run per scale: ``--config=configs/msdiff_multiscale_128.py:<stage>``."""
 
 from jaxdiff import multiscale

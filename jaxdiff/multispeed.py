@@ -25,7 +25,8 @@ one speed per coordinate, or per channel / per block). Build per-block maps with
 :func:`jaxdiff.likelihood.log_likelihood` work on it unchanged, and
 ``GaussianMixture.score_fn(sde)`` gives its exact perturbed scores.
 
-The prior is ``N(0, diag(sigma(tau(T))^2))`` (the base prior for coordinates with ``speed >= 1``); it is the true ``p_T`` only where
+The prior is ``N(0, diag(sigma(tau(T))^2))`` (the base prior for coordinates with
+``speed >= 1``); it is the true ``p_T`` only where
 ``alpha(tau_i(T)) x_0`` is negligible, i.e. for coordinates with ``speed >= 1`` under a VP or
 sub-VP base, or ``sigma_max`` much larger than the data under VE.
 """

@@ -69,7 +69,8 @@ def test_equal_speeds_reduce_to_uniform(base):
     x = jax.random.normal(key, (3, 2, 2, 1))
     t = jnp.array([0.01, 0.4, 0.97])
     for a, b in zip(sde.marginal_prob(x, t), base.marginal_prob(x, t)):
-        np.testing.assert_allclose(a, jnp.broadcast_to(b if jnp.ndim(b) != 1 else b[:, None, None, None], x.shape), rtol=1e-6)
+        b = b if jnp.ndim(b) != 1 else b[:, None, None, None]
+        np.testing.assert_allclose(a, jnp.broadcast_to(b, x.shape), rtol=1e-6)
     f1, g1 = sde.sde(x, t)
     f0, g0 = base.sde(x, t)
     np.testing.assert_allclose(f1, f0, rtol=1e-6)
