@@ -91,9 +91,11 @@ def edm_integrate(sde, score_fn, params, x: Array, sigmas: Array, *, key: Option
         sig, sig_next = sigmas[i], sigmas[i + 1]
         if stochastic:
             in_range = (sig >= s_tmin) & (sig <= s_tmax)
-            sig_hat = sig * (1.0 + jnp.where(in_range, gamma_max, 0.0))
+            gamma = jnp.where(in_range, gamma_max, 0.0)
+            sig_hat = sig * (1.0 + gamma)
             noise = jax.random.normal(jax.random.fold_in(key, i), xs.shape, dt)
-            xs = xs + (jnp.sqrt(sig_hat**2 - sig**2) * s_noise).astype(dt) * noise
+            # sqrt(sig_hat^2 - sig^2) in a form that cannot go negative by rounding
+            xs = xs + (sig * jnp.sqrt(gamma * (2.0 + gamma)) * s_noise).astype(dt) * noise
         else:
             sig_hat = sig
         d = (xs - denoise(xs, sig_hat)) / sig_hat.astype(dt)
