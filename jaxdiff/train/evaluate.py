@@ -199,3 +199,10 @@ def sample(config, workdir: str, *, num_samples: Optional[int] = None) -> dict:
             save_image_grid(png, x, centered=config.data.centered)
         np.savez(npz, **arrays)
     return {"step": step, "npz": npz, "png": png, "nfe": int(nfe), "shape": list(x.shape)}
+
+
+# Sample-quality metrics from jaxdiff.eval (digits classifier metrics; FID / IS / KID when
+# config.eval.inception_weights is set), merged into every report through the hook above.
+from jaxdiff.eval.quality import quality_metrics as _quality_metrics  # noqa: E402
+
+register_eval_hook(_quality_metrics)
