@@ -8,7 +8,7 @@ Prints, in one run:
      (a tight RK45 solve from the same prior noise);
   2. the adaptive samplers (RK45 ODE and the adaptive SDE) at a few tolerances, with their NFE;
   3. the per-step overhead: wall time of an N-step sampler / (N x one jitted score evaluation on
-     the same batch), on this machine's backend;
+     the same batch) with a small-MLP score, on this machine's backend;
   4. a peer: diffusers' PyTorch DPMSolverMultistepScheduler and EulerDiscreteScheduler driven by the
      same exact mixture score (converted to epsilon), at equal NFE, distance and wall time, next to
      jaxdiff's DPM-Solver++(2M) and EDM/Euler (skipped when torch/diffusers are not installed).
@@ -17,7 +17,8 @@ Usage::
 
     python bench/samplers.py                 # the full benchmark (CPU: ~15-30 min)
     python bench/samplers.py --quick         # smaller sample sizes and NFE set (a smoke run)
-    python bench/samplers.py --sections peer # only some sections: quality,adaptive,overhead,peer
+    python bench/samplers.py --sections peer # only some sections: overhead,peer,adaptive,quality
+    python bench/samplers.py --n2 4000 --n64 1000   # fewer samples
 
 torch and diffusers are benchmark-only (``pip install torch diffusers``), never library deps.
 """
@@ -171,29 +172,48 @@ def adaptive(n2, seed=0):
 
 
 # ---- 3. overhead ---------------------------------------------------------------------------
+def mlp_score(dim: int = 64, width: int = 512, depth: int = 3, seed: int = 0):
+    """A small MLP score network ``s(x, t)`` (random weights, time as an input feature): a score
+    of realistic, time-independent cost for the overhead measurement."""
+    keys = jax.random.split(jax.random.key(seed), depth + 1)
+    sizes = [dim + 1] + [width] * depth + [dim]
+    params = [(jax.random.normal(k, (a, b)) / math.sqrt(a), jnp.zeros((b,)))
+              for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+
+    def score_fn(params, x, t):
+        h = jnp.concatenate([x, jnp.broadcast_to(jnp.asarray(t, x.dtype).reshape(-1, 1),
+                                                 (x.shape[0], 1))], axis=-1)
+        for w, b in params[:-1]:
+            h = jax.nn.silu(h @ w + b)
+        w, b = params[-1]
+        return 0.1 * (h @ w + b) - x
+
+    return score_fn, params
+
+
 def overhead(batch, steps):
-    mix = mixture_64d(k=8)
     sde = VPSDE()
-    score_fn = mix.score_fn(sde)
-    shape = (batch, mix.dim)
+    score_fn, params = mlp_score()
+    shape = (batch, 64)
     x = jax.random.normal(jax.random.key(0), shape)
-    t = jnp.full((batch,), 0.5)
-    score = jax.jit(score_fn)
-    _, t_score = timed(score, None, x, t, reps=10)
-    print(f"\n### Overhead: 64-D, 8-component full-covariance mixture score, batch {batch}, "
-          f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); one jitted score "
-          f"evaluation {1e3 * t_score:.2f} ms\n")
+    # one score evaluation as the samplers make it: a scalar time broadcast to the batch
+    score = jax.jit(lambda p, x, t: score_fn(p, x, jnp.full((batch,), t)))
+    _, t_score = timed(score, params, x, jnp.asarray(0.5), reps=20)
+    print(f"\n### Overhead: MLP score (64-D, 3 x 512 SiLU), batch {batch}, backend "
+          f"{jax.default_backend()} ({jax.devices()[0].device_kind}); one jitted score "
+          f"evaluation {1e3 * t_score:.2f} ms (best of 20)\n")
     rows = []
     for label, name, opts in [("EM (pc)", "euler_maruyama", {}), ("DDIM", "ddim", {}),
+                              ("DDIM eta=1", "ddim", {"eta": 1.0}),
                               ("DPM++ 2M", "dpm_solver++_2m", {}),
                               ("DPM++ 3M", "dpm_solver++_3m", {}),
                               ("DPM++ 3S", "dpm_solver++_3s", {}), ("EDM Heun", "edm", {})]:
         n_steps = num_steps_for_nfe(name, steps, **opts)
         sample = get_sampler(name, sde, score_fn, shape, num_steps=n_steps, **opts)
-        (_, nfe), wall = timed(sample, None, jax.random.key(1), reps=3)
+        (_, nfe), wall = timed(sample, params, jax.random.key(1), reps=5)
         rows.append([label, int(nfe), f"{1e3 * wall:.1f}",
                      f"{wall / (int(nfe) * t_score):.3f}"])
-    print(fmt_table(["sampler", "NFE", "wall ms", "wall / (NFE x score)"], rows))
+    print(fmt_table(["sampler", "NFE", "wall ms (best of 5)", "wall / (NFE x score)"], rows))
     sys.stdout.flush()
 
 
@@ -313,24 +333,27 @@ def peer(nfes, n2, n64, seed=0):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    p.add_argument("--sections", default="quality,adaptive,overhead,peer")
+    p.add_argument("--sections", default="overhead,peer,adaptive,quality")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n2", type=int, default=None, help="samples, 2-D mixture (default 8000)")
+    p.add_argument("--n64", type=int, default=None, help="samples, 64-D mixture (default 2000)")
     a = p.parse_args(argv)
     sections = set(a.sections.split(","))
     nfes = (5, 10, 20) if a.quick else NFES
     n2, n64 = (1000, 500) if a.quick else (8000, 2000)
+    n2, n64 = a.n2 or n2, a.n64 or n64
     print(f"# jaxdiff sampler benchmark: jax {jax.__version__}, backend {jax.default_backend()}, "
           f"{jax.device_count()} device(s), {os.cpu_count()} CPU cores visible; "
           f"command: python bench/samplers.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     t0 = time.time()
-    if "quality" in sections:
-        quality(nfes, n2, n64, a.seed)
-    if "adaptive" in sections:
-        adaptive(n2, a.seed)
     if "overhead" in sections:
         overhead(1024 if not a.quick else 256, 100 if not a.quick else 20)
     if "peer" in sections:
         peer(nfes, n2, n64, a.seed)
+    if "adaptive" in sections:
+        adaptive(n2, a.seed)
+    if "quality" in sections:
+        quality(nfes, n2, n64, a.seed)
     print(f"\n(total {time.time() - t0:.0f} s)")
 
 
