@@ -5,6 +5,7 @@
 * :mod:`~jaxdiff.inverse.consistency`: PC and probability-flow ODE samplers with data consistency.
 * :mod:`~jaxdiff.inverse.inpainting`, :mod:`~jaxdiff.inverse.colorization`: the image tasks.
 * :mod:`~jaxdiff.inverse.guidance`: classifier and classifier-free guidance.
+* :mod:`~jaxdiff.inverse.smc`: particle (SMC) posterior sampler, asymptotically exact.
 * :mod:`~jaxdiff.inverse.ccdf`: Come-Closer-Diffuse-Faster.
 * :mod:`~jaxdiff.inverse.tweedie`: Tweedie / Noise2Score denoising (Gaussian, Poisson, Gamma).
 * :mod:`~jaxdiff.inverse.warm_start`: exact Gaussian jump from the prior ("teleportation").
@@ -18,6 +19,7 @@ from jaxdiff.inverse.guidance import (GuidanceParams, classifier_free_score_fn,
 from jaxdiff.inverse.inpainting import inpaint_sampler, linear_inverse_sampler
 from jaxdiff.inverse.linear import (AvgPool, ChannelMean, LinearOperator, Mask, Matrix,
                                     SubsampledFFT, cartesian_kspace_mask, hermitian_symmetrize)
+from jaxdiff.inverse.smc import orthonormalize, smc_inverse_sampler, systematic_resample
 from jaxdiff.inverse.tweedie import (gamma_tweedie, gaussian_denoiser, gaussian_tweedie,
                                      poisson_tweedie, robbins_poisson, time_for_noise_level,
                                      tweedie_denoiser)
@@ -31,6 +33,7 @@ __all__ = [
     "GuidanceParams", "classifier_guided_score_fn", "classifier_free_score_fn",
     "mixture_classifier",
     "ccdf_sampler", "ccdf_num_steps",
+    "smc_inverse_sampler", "orthonormalize", "systematic_resample",
     "gaussian_tweedie", "poisson_tweedie", "gamma_tweedie", "robbins_poisson",
     "tweedie_denoiser", "time_for_noise_level", "gaussian_denoiser",
     "GaussianStats", "teleport", "warm_start_sampler",

@@ -12,10 +12,11 @@ import jax.numpy as jnp
 
 from jaxdiff.inverse.consistency import ode_inverse_sampler, pc_inverse_sampler
 from jaxdiff.inverse.linear import Mask
+from jaxdiff.inverse.smc import smc_inverse_sampler
 
 __all__ = ["linear_inverse_sampler", "inpaint_sampler"]
 
-_METHODS = ("pc", "ode")
+_METHODS = ("pc", "ode", "smc")
 
 
 def linear_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str = "pc", **kwargs):
@@ -28,7 +29,10 @@ def linear_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str
       method: ``'pc'`` (:func:`~jaxdiff.inverse.consistency.pc_inverse_sampler`; keywords
         ``predictor, corrector, snr, n_corrector_steps, num_steps, denoise, eps, dtype, sharding``)
         or ``'ode'`` (:func:`~jaxdiff.inverse.consistency.ode_inverse_sampler`; keywords
-        ``rtol, atol, solver, eps, dtype, sharding, max_steps``).
+        ``rtol, atol, solver, eps, dtype, sharding, max_steps``) or ``'smc'``
+        (:func:`~jaxdiff.inverse.smc.smc_inverse_sampler`, asymptotically exact; the batch is the
+        particle system of one observation ``y`` with leading axis 1; ``Mask`` or ``Matrix`` only;
+        keywords ``num_steps, eps, ess_threshold, dtype``).
 
     Returns:
       ``sample(params, key, op, y, ...) -> (x, nfe)``, jitted (``lam=`` for ``'pc'``).
@@ -37,6 +41,8 @@ def linear_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str
         return pc_inverse_sampler(sde, score_fn, shape, **kwargs)
     if method == "ode":
         return ode_inverse_sampler(sde, score_fn, shape, **kwargs)
+    if method == "smc":
+        return smc_inverse_sampler(sde, score_fn, shape, **kwargs)
     raise ValueError(f"unknown method {method!r}; choose one of {_METHODS}")
 
 

@@ -8,13 +8,15 @@ come out biased towards the prior (measured in ``docs/inverse.md``). Here the ba
 system for one observation ``y = A x`` (``A`` with orthonormal rows, e.g. a :class:`Mask`; a dense
 :class:`Matrix` is whitened first):
 
-* the unobserved part moves with the model's Euler-Maruyama reverse kernel
-  ``N(mu(x_k), g^2 h I)``; the observed part ``A x`` is proposed from the forward bridge
-  ``q(A x_{s} | A x_{t}, A x_0 = y)`` (exact Gaussian posterior of the forward process);
-* each particle's weight is multiplied by ``N(A x_s; A mu, g^2 h I) / q(A x_s | ...)``, the ratio
-  of the model's and the proposal's densities of the observed part (the kernel is isotropic, so
-  the unobserved part cancels), and the last step pins ``A x_0 = y`` with weight
-  ``N(y; A mu, g^2 h I)``;
+* twisted targets ``p_t(x) g_t(x)`` with potentials ``g_t(x) = N(alpha_t y; A x, sigma_t^2 I)``
+  (how well ``x_t`` explains the observation pushed to time ``t``); particles start from the prior
+  with weight ``g_T``;
+* each step draws the unobserved part from the model's Euler-Maruyama reverse kernel
+  ``N(mu(x_t), g^2 h I)`` and the observed part from that kernel times the next potential (a
+  Gaussian product, closed form), and multiplies the weight by
+  ``int kernel * g_s / g_t = N(alpha_s y; A mu, (g^2 h + sigma_s^2) I) / g_t(x_t)`` (the kernel is
+  isotropic, so observed and unobserved parts factorise); at ``s = 0`` with ``sigma(0) = 0`` the
+  potential pins ``A x_0 = y``;
 * systematic resampling when the effective sample size drops below ``ess_threshold * B``, and once
   at the end, so the returned samples are equally weighted.
 
