@@ -94,7 +94,6 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["status"] == "preempted"
     step = result["step"]
-    assert step % 3 != 0 or True
     ckdir = os.path.join(tmp_path, "checkpoints", str(step))
     assert os.path.isdir(ckdir), os.listdir(os.path.join(tmp_path, "checkpoints"))
     assert {"state", "meta", "data"} <= set(os.listdir(ckdir))
