@@ -73,13 +73,17 @@ def test_wrapper_gives_exact_mixture_score(x64, sde, continuous, parameterizatio
     net = _oracle(mix, sde, parameterization, continuous)
     score_fn = scores.get_score_fn(sde, net, continuous=continuous,
                                    parameterization=parameterization)
-    got = score_fn(None, x, t)
-    if continuous:
-        want = mix.score_t(sde, x, t)
-    else:
-        labels, alpha, sigma = scores.time_labels(sde, t, continuous=False)
+    got = jax.jit(score_fn)(None, x, t)
+
+    @jax.jit
+    def truth(x, t):
+        if continuous:
+            return mix.score_t(sde, x, t)
+        labels, _, _ = scores.time_labels(sde, t, continuous=False)
         a2, s2 = _coeffs_from_labels(sde, labels, False)
-        want = jax.vmap(lambda xi, a, s: mix.perturb(a, s).score(xi[None])[0])(x, a2, s2)
+        return jax.vmap(lambda xi, a, s: mix.perturb(a, s).score(xi[None])[0])(x, a2, s2)
+
+    want = truth(x, t)
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-8)
     # the score is not trivially small: a wrong sign / factor 2 would be caught
     assert float(jnp.abs(want).mean()) > 0.05
