@@ -55,9 +55,12 @@ def inpaint(config, workdir, *, num_digits=8, num_draws=4, method="pc", num_step
 
     params, step, exp = load_params(config, workdir)
     shape = exp.example_shape
-    data = eval_dataset(config, resolve_data_dir(config, workdir), batch_size=num_digits)[0]
-    images = np.asarray(data["x"], np.float32)                          # model space
-    images = images.reshape((-1,) + tuple(shape))[:num_digits]
+    data = eval_dataset(config, resolve_data_dir(config, workdir))[0]   # first held-out batch
+    images = np.asarray(data["x"], np.float32).reshape((-1,) + tuple(shape))  # model space
+    if len(images) < num_digits:
+        raise ValueError(f"num_digits={num_digits} exceeds the eval batch of {len(images)}")
+    # evenly spaced picks (the held-out split may be ordered by class)
+    images = images[np.linspace(0, len(images) - 1, num_digits).astype(int)]
     mask = lower_half_mask(shape)
     n = num_steps or config.sampling.num_steps or exp.sde.N
     batch_shape = (num_draws,) + tuple(shape)
