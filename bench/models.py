@@ -36,11 +36,14 @@ def _time(fn, *args, iters: int) -> float:
     return statistics.median(ts)
 
 
-def _flops(jitted, *args) -> float:
-    cost = jitted.lower(*args).compile().cost_analysis()
+def _compile(jitted, *args):
+    """Compile once (ahead of time); return the executable and its XLA-counted FLOPs."""
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
-    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    return compiled, flops
 
 
 def matmul_peak(n: int, iters: int, dtype=jnp.float32) -> float:
@@ -76,8 +79,8 @@ def bench(name: str, model_cfg, sde, batch: int, iters: int, dtype: str) -> dict
     fwd_bwd = jax.jit(jax.value_and_grad(loss))
     out = {"name": name, "params": sum(int(np.size(a)) for a in jax.tree.leaves(params))}
     for label, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-        flops = _flops(fn, params, x, t, key)
-        sec = _time(fn, params, x, t, key, iters=iters)
+        compiled, flops = _compile(fn, params, x, t, key)
+        sec = _time(compiled, params, x, t, key, iters=iters)
         out[label] = dict(sec=sec, img_s=batch / sec, flops=flops, flop_s=flops / sec)
     return out
 
