@@ -55,7 +55,8 @@ def main(argv=None):
     batches = parallel.global_batch(local, exp.mesh, leading=1)
     bare = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
     key = jax.random.PRNGKey(1)
-    params = state.params
+    params = jax.tree.map(lambda x: x.copy(), state.params)  # the train step donates state
+    b0 = jax.block_until_ready(batches[0])
 
     holder = {"s": state}
 
@@ -64,7 +65,7 @@ def main(argv=None):
         return m
 
     t_full = _time(full, a.steps) / n
-    t_bare = _time(lambda: bare(params, key, batches[0]), a.steps)
+    t_bare = _time(lambda: bare(params, key, b0), a.steps)
     res = {"config": a.config, "overrides": a.override, "batch": c.training.batch_size,
            "n_jitted_steps": n, "devices": exp.mesh.shape["data"],
            "backend": jax.default_backend(), "train_step_ms": 1e3 * t_full,
