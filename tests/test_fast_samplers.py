@@ -184,6 +184,7 @@ def test_dpm_solver_2m_20_nfe_matches_euler_maruyama_1000(mixture_case):
     assert d_ddim > 1.5 * d_em, (d_ddim, d_em)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,opts", [
     ("ddim", dict(num_steps=400, eta=1.0)),
     ("edm", dict(num_steps=100, s_churn=25.0)),
@@ -266,6 +267,7 @@ def test_reported_nfe_counts_every_score_call(name, opts):
             k: v for k, v in opts.items() if k != "num_steps"}) == opts["num_steps"]
 
 
+@pytest.mark.slow
 def test_vmap_over_keys_and_sharded_batch(mesh8):
     sde = VPSDE()
     mix = GaussianMixture.create([0.5, 0.5], jnp.array([[-1.0, 0.0], [1.0, 0.0]]), stds=0.3)
