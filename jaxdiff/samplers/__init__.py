@@ -6,14 +6,16 @@ Every sampler factory returns a jitted ``sample(params, key) -> (x, nfe)``;
 
 from jaxdiff.samplers.adaptive import AdaptiveInfo, adaptive_sde_integrate, adaptive_sde_sampler
 from jaxdiff.samplers.ddim import ddim_integrate, ddim_sampler, ddim_step
-from jaxdiff.samplers.dpm_solver import dpm_solver_pp_integrate, dpm_solver_pp_sampler
+from jaxdiff.samplers.dpm_solver import (data_prediction, dpm_solver_pp_integrate, dpm_solver_pp_sampler,
+                                        inverse_lambda, log_alpha_sigma, marginal_lambda, time_grid)
 from jaxdiff.samplers.edm import edm_integrate, edm_sampler, karras_sigmas
 from jaxdiff.samplers.ode import get_solver, ode_sampler, solve_ode
 from jaxdiff.samplers.pc import constrain, pc_loop, pc_sampler, pc_step
 from jaxdiff.samplers.predictors import (
     CORRECTORS, PREDICTORS, Step, ald, ancestral, euler_maruyama, get_corrector, get_predictor,
     langevin, register_corrector, register_predictor, reverse_diffusion)
-from jaxdiff.samplers.registry import available_samplers, get_sampler, register_sampler
+from jaxdiff.samplers.registry import (available_samplers, get_sampler, num_steps_for_nfe,
+                                      register_sampler)
 
 __all__ = [
     "pc_sampler", "pc_step", "pc_loop", "constrain", "ode_sampler", "solve_ode", "get_solver",
@@ -23,5 +25,6 @@ __all__ = [
     "ddim_sampler", "ddim_step", "ddim_integrate", "dpm_solver_pp_sampler",
     "dpm_solver_pp_integrate", "edm_sampler", "edm_integrate", "karras_sigmas",
     "adaptive_sde_sampler", "adaptive_sde_integrate", "AdaptiveInfo",
-    "get_sampler", "register_sampler", "available_samplers",
+    "get_sampler", "register_sampler", "available_samplers", "num_steps_for_nfe",
+    "time_grid", "marginal_lambda", "inverse_lambda", "log_alpha_sigma", "data_prediction",
 ]
