@@ -477,3 +477,12 @@ def test_warm_start_mixture_saves_nfe_at_equal_accuracy():
           f"{sw_full:.4f} (floor {floor:.4f})")
     assert sw_warm < max(1.25 * sw_full, 2.0 * floor), (sw_warm, sw_full, floor)
     assert int(nfe_warm) < 0.8 * int(nfe_full), (int(nfe_warm), int(nfe_full))
+    # the sliced W2 of a two-mode set is dominated by mode-weight noise: check weights and moments
+    frac_full = jd.eval.distances.component_fractions(mix, x_full)
+    frac_warm = jd.eval.distances.component_fractions(mix, x_warm)
+    m_full, c_full = jd.eval.distances.moment_errors(x_full, mix.mean(), mix.cov())
+    m_warm, c_warm = jd.eval.distances.moment_errors(x_warm, mix.mean(), mix.cov())
+    print(f"weights {frac_warm} vs {frac_full}; moment errors {float(m_warm):.3f}/{float(c_warm):.3f}"
+          f" vs {float(m_full):.3f}/{float(c_full):.3f}")
+    np.testing.assert_allclose(frac_warm, mix.weights, atol=0.04)
+    assert float(m_warm) < 0.15 and float(c_warm) < 0.25, (m_warm, c_warm)
