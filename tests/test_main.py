@@ -117,6 +117,8 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
+    # In the shared 2-core sandbox (load ~25) this failed with "Gloo context initialization
+    # failed: Connect timeout" at the first cross-process collective; not yet seen passing.
     n = 8
     one = subprocess.run(_cmd(tmp_path / "one", n, "--config.parallel.num_devices=4"),
                          env=_env(4), capture_output=True, text=True)
