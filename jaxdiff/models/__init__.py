@@ -12,6 +12,7 @@ network's time labels (``t*999`` for VP/sub-VP, ``sigma(t)`` for VE, or the disc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -224,7 +225,7 @@ def init_params(key: jax.Array, model: nn.Module, x_shape) -> dict:
     pkey, dkey = jax.random.split(key)
     variables = jax.jit(lambda k1, k2: model.init({"params": k1, "dropout": k2}, x, labels,
                                                   train=False, **kw))(pkey, dkey)
-    return jax.tree.map(lambda a: a, dict(_unfreeze(variables["params"])))
+    return _unfreeze(variables["params"])
 
 
 def _unfreeze(tree):
@@ -238,5 +239,4 @@ def count_params(model: nn.Module, x_shape) -> int:
     x, labels, kw = _dummy_inputs(model, x_shape)
     shapes = jax.eval_shape(lambda k: model.init({"params": k}, x, labels, train=False, **kw),
                             jax.random.key(0))
-    return int(sum(int(jnp.size(s)) if not hasattr(s, "size") else int(s.size)
-                   for s in jax.tree.leaves(shapes["params"])))
+    return int(sum(math.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
