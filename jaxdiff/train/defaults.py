@@ -73,6 +73,14 @@ def get_default_config() -> ml_collections.ConfigDict:
     evaluate.sw_projections = 512          # sliced Wasserstein (toy data)
     evaluate.use_ema = True
     evaluate.checkpoint_step = -1          # -1: the latest checkpoint
+    # FID / IS / KID (jaxdiff.eval.quality); weights are a local file, never downloaded
+    evaluate.inception_weights = ""        # npz or Orbax dir from jaxdiff.eval.convert_inception
+    evaluate.fid_split = ""                # reference split; empty: the training split
+    evaluate.fid_num_reference = 50000
+    evaluate.inception_batch_size = 100
+    evaluate.kid_subsets = 100
+    evaluate.kid_subset_size = 1000
+    evaluate.digits_classifier_steps = 300 # the digits-FID classifier (trained once, cached)
 
     # -- data
     config.data = data = ml_collections.ConfigDict()
