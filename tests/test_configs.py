@@ -102,9 +102,13 @@ def test_overrides_in_load_config():
 
 
 def _parse(args):
+    # config_flags decides which ``--config.*`` override flags exist from the argv it is given
+    # (``sys.argv`` by default, which under pytest is pytest's own command line)
+    argv = ["prog", f"--config={os.path.join(ROOT, 'configs', 'digits.py')}"] + args
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True)
-    fv(["prog", f"--config={os.path.join(ROOT, 'configs', 'digits.py')}"] + args)
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv(argv)
     return fv.config
 
 
@@ -115,3 +119,23 @@ def test_command_line_overrides():
     validate_config(c)
     with pytest.raises(Exception, match="batch_sizee"):
         _parse(["--config.training.batch_sizee=64"])
+
+
+def test_msdiff_section_is_validated():
+    path = os.path.join(ROOT, "configs", "msdiff_digits_sr.py")
+    assert load_config(path).msdiff.estimator == "cmde"
+    assert load_config(path, ["msdiff.y_speed=0.5"]).msdiff.y_speed == 0.5
+    with pytest.raises(ConfigError, match=r"config\.msdiff\.estimator"):
+        load_config(path, ["msdiff.estimator='cdx'"])
+    with pytest.raises(ConfigError, match=r"config\.msdiff\.y_speed"):
+        load_config(path, ["msdiff.y_speed=1.5"])
+    ms = os.path.join(ROOT, "configs", "msdiff_multiscale_32.py")
+    assert tuple(load_config(ms).msdiff.end_times) == (0.3, 0.6)
+    with pytest.raises(ConfigError, match=r"config\.msdiff\.stage"):
+        load_config(ms, ["msdiff.stage=3"])
+    with pytest.raises(ConfigError, match=r"config\.msdiff\.end_times"):
+        load_config(ms, ["msdiff.end_times=(0.6, 0.3)"])
+    c = load_config(ms)
+    c.msdiff.mode = "wavelets"
+    with pytest.raises(ConfigError, match=r"config\.msdiff\.mode"):
+        validate_config(c)

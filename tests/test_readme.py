@@ -17,7 +17,7 @@ def _blocks(lang):
 
 def test_setup_commands():
     setup = _blocks("bash")[0].strip().splitlines()
-    assert setup[1] == 'pip install -e ".[test]" && python -m pytest -q -m "not slow"'
+    assert setup[1] == 'pip install -e ".[test]" && python -m pytest -q -m "not slow" -n auto'
     assert setup[0].startswith("pip install -e . && python launch/main.py --config=configs/")
 
 

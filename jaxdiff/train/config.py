@@ -78,6 +78,38 @@ def _positive(config, *names: str) -> None:
             raise ConfigError(f"config.{name}: must be > 0, got {v!r}")
 
 
+def _check_msdiff(sec, config) -> None:
+    """The optional ``config.msdiff`` section (see :mod:`jaxdiff.conditional` and
+    :mod:`jaxdiff.multiscale`): ``mode='conditional'`` or ``mode='multiscale'``."""
+    if not hasattr(sec, "get"):
+        raise ConfigError(f"config.msdiff: expected a section (ConfigDict), got {sec!r}")
+    mode = sec.get("mode", None)
+    try:
+        if mode == "conditional":
+            from jaxdiff.conditional import validate_section
+            validate_section(sec)
+        elif mode == "multiscale":
+            allowed = {"mode", "end_times", "stage"}
+            bad = sorted(set(sec.keys()) - allowed)
+            if bad:
+                raise ValueError(f"config.msdiff: unknown key(s) {bad}; accepted: {sorted(allowed)}")
+            ends = tuple(float(t) for t in sec.end_times)
+            if not ends or any(not a < b for a, b in zip((0.0,) + ends, ends + (1.0,))):
+                raise ValueError(f"config.msdiff.end_times must increase strictly inside (0, 1), "
+                                 f"got {tuple(sec.end_times)!r}")
+            if not 0 <= int(sec.stage) <= len(ends):
+                raise ValueError(f"config.msdiff.stage must be in [0, {len(ends)}], got "
+                                 f"{sec.stage!r}")
+            size = config.data.image_size
+            if size % 2 ** len(ends):
+                raise ValueError(f"config.data.image_size={size} must be divisible by "
+                                 f"2**{len(ends)} for {len(ends)} Haar levels (config.msdiff.end_times)")
+        else:
+            raise ValueError(f"config.msdiff.mode: must be 'conditional' or 'multiscale', got {mode!r}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Check every key, type and enumerated value of ``config``; return it unchanged.
 
@@ -94,6 +126,9 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     schema = _as_dict(get_default_config())
     top = _as_dict(config)
     for key, value in top.items():
+        if key == "msdiff":  # optional: conditional (CDE/CDiffE/CMDE) or multi-scale experiments
+            _check_msdiff(config["msdiff"], config)
+            continue
         if key not in schema:
             raise ConfigError(f"config.{key}: unknown key; accepted top-level keys: {sorted(schema)}")
         if key == "model":
