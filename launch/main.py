@@ -28,15 +28,26 @@ flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard, s
 flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "what to do")
 flags.DEFINE_integer("num_samples", 0, "--mode=sample: number of samples (0: config)")
 flags.DEFINE_integer("max_steps", 0, "stop after this many steps in this call (0: n_iters)")
+flags.DEFINE_list("stage_workdirs", [], "--mode=sample of a multi-scale (config.msdiff) model: "
+                  "the run directories of stages 0..L, comma-separated, in stage order")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int = 0) -> dict:
+def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int = 0,
+        stage_workdirs=None) -> dict:
     """Run ``mode`` ('train' | 'eval' | 'sample') of ``config`` in ``workdir``; return its
     result dict (see :func:`jaxdiff.train.train`, :func:`jaxdiff.train.evaluate.evaluate`,
-    :func:`jaxdiff.train.evaluate.sample`)."""
+    :func:`jaxdiff.train.evaluate.sample`). Configs with a ``msdiff`` section evaluate and
+    sample through :mod:`jaxdiff.train.msdiff` (conditional samples ``x | y`` of held-out
+    observations; a multi-scale model from ``stage_workdirs``, the runs of stages 0..L)."""
     from jaxdiff.train import train
     from jaxdiff.train.evaluate import evaluate, sample
+    if mode in ("eval", "sample") and config.get("msdiff", None) is not None:
+        from jaxdiff.train import msdiff
+        if mode == "eval":
+            return msdiff.evaluate(config, workdir)
+        return msdiff.sample(config, workdir, num_samples=num_samples or None,
+                             stage_workdirs=stage_workdirs)
     if mode == "train":
         r = train(config, workdir, max_steps=max_steps or None)
         r = {k: v for k, v in r.items() if k in ("step", "status")}
@@ -55,7 +66,7 @@ def main(argv):
     from jaxdiff.train.config import ConfigError
     try:
         result = run(FLAGS.config, FLAGS.workdir, FLAGS.mode, num_samples=FLAGS.num_samples,
-                     max_steps=FLAGS.max_steps)
+                     max_steps=FLAGS.max_steps, stage_workdirs=FLAGS.stage_workdirs)
     except (ConfigError, DatasetNotFound, PermissionError, NotADirectoryError,
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

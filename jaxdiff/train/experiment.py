@@ -35,6 +35,7 @@ class Experiment:
     state_shardings: Any
     abstract_state: Any
     init: Callable
+    msdiff: Any = None  # jaxdiff.train.msdiff.MSDiffSetup of a config.msdiff run, else None
 
 
 def check_workdir(workdir: str) -> str:
@@ -61,14 +62,27 @@ def check_workdir(workdir: str) -> str:
 
 
 def build_experiment(config, mesh=None) -> Experiment:
-    """Build the pieces of a run from a validated config on ``mesh`` (default: all devices)."""
+    """Build the pieces of a run from a validated config on ``mesh`` (default: all devices).
+
+    With a ``config.msdiff`` section the network, its score functions and ``example_shape`` are
+    those of :mod:`jaxdiff.train.msdiff` (conditional: ``C + C_y`` channels; multi-scale: the
+    stage's coefficient block and multi-speed SDE); ``exp.sde`` stays the base SDE."""
     from jaxdiff.models import get_model, init_params
     mesh = mesh or parallel.make_mesh(config.parallel.num_devices)
     sde = get_sde(config)
-    model = get_model(config)
-    train_score_fn, score_fn = get_score_fns(config, model, sde)
+    ms_setup = None
+    if config.get("msdiff", None) is not None:
+        from jaxdiff.train import msdiff
+        ms_setup = msdiff.setup(config, sde)
+    if ms_setup is None:
+        model = get_model(config)
+        train_score_fn, score_fn = get_score_fns(config, model, sde)
+        shape = example_shape(config)
+    else:
+        model = get_model(ms_setup.net_config)
+        train_score_fn, score_fn = msdiff.get_score_fns(config, model, sde, ms_setup)
+        shape = example_shape(ms_setup.net_config)
     optimizer = get_optimizer(config.optim)
-    shape = example_shape(config)
 
     def init(key):
         k_params, k_state = jax.random.split(key)
@@ -90,7 +104,7 @@ def build_experiment(config, mesh=None) -> Experiment:
                       train_score_fn=train_score_fn, score_fn=score_fn, optimizer=optimizer,
                       example_shape=shape, state_shardings=shardings,
                       abstract_state=abstract_state,
-                      init=jax.jit(init, out_shardings=shardings))
+                      init=jax.jit(init, out_shardings=shardings), msdiff=ms_setup)
 
 
 def _mirror_param_shardings(opt_state, params, pshard, rep):

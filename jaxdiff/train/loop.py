@@ -259,6 +259,9 @@ class _PeriodicEval:
         self.batches = [parallel.global_batch(ds[i]["x"], exp.mesh) for i in range(n)]
         self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
         self._sampler = None
+        if getattr(exp, "msdiff", None) is not None:  # conditional: x | y grids; multi-scale: skipped (logged)
+            from jaxdiff.train.msdiff import SnapshotSampler
+            self._sampler = SnapshotSampler(config, exp, data_dir, workdir)
 
     def held_out_loss(self, state, step: int) -> float:
         keys = jax.random.split(self.key, len(self.batches))
@@ -267,6 +270,8 @@ class _PeriodicEval:
 
     def snapshot(self, state, step: int) -> Optional[float]:
         from jaxdiff.train.sampling import build_sampler, save_image_grid, save_scatter
+        if getattr(self.exp, "msdiff", None) is not None:
+            return self._sampler(state, step)
         c = self.config
         n = c.sampling.num_samples
         if self._sampler is None:

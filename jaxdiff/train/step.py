@@ -49,7 +49,12 @@ def get_score_fns(config, model, sde):
 
 
 def get_loss_fn(config, sde, score_fn, *, train: bool) -> Callable:
-    """``loss_fn(params, key, batch) -> (loss, aux)`` from ``config.training``."""
+    """``loss_fn(params, key, batch) -> (loss, aux)`` from ``config.training``; with a
+    ``config.msdiff`` section the conditional / multi-scale loss of
+    :func:`jaxdiff.train.msdiff.get_loss_fn` (over the same image batches)."""
+    if config.get("msdiff", None) is not None:
+        from jaxdiff.train import msdiff
+        return msdiff.get_loss_fn(config, sde, score_fn, train=train)
     t = config.training
     return losses_lib.get_loss(sde, score_fn, continuous=t.continuous, reduce_mean=t.reduce_mean,
                                likelihood_weighting=t.likelihood_weighting, eps=t.loss_eps,

@@ -1,0 +1,528 @@
+"""MSDiff experiments in the training system: conditional (CDE / CDiffE / CMDE) and multi-scale
+(Haar) runs of ``launch/main.py``.
+
+A config with a ``config.msdiff`` section (``configs/msdiff_*.py``) changes four things of a plain
+run; everything else (data pipeline, optimiser, EMA, sharded step, checkpoints, logging) is shared:
+
+* **network**: conditional runs build the network with ``C + condition_channels(task, C)``
+  input/output channels (it sees ``[x_t, upsample(y_t)]``); multi-scale runs build it at the
+  stage's coefficient-block size ``ms.block_shape(stage)`` (:func:`network_config`);
+* **score function**: conditional runs use the plain score function of the ``x`` SDE on the
+  stacked channels (:func:`jaxdiff.conditional.concat_conditional` picks the ``x`` channels);
+  multi-scale runs wrap the network for the stage's multi-speed SDE ``ms.sde(stage)``
+  (:func:`get_score_fns`);
+* **loss** (train and held-out): :func:`jaxdiff.conditional.get_conditional_loss` or
+  :func:`jaxdiff.multiscale.multiscale_loss`, both over the plain image batches the pipeline
+  yields (:func:`get_loss_fn`);
+* **sampling**: conditional runs draw ``x | y`` for ``y = observe(held-out images)`` with the
+  estimator's PC sampler and save a grid of (condition, sample, truth) triplets with the PSNR of
+  the samples (:func:`sample`, :class:`SnapshotSampler`); multi-scale sampling needs every stage's
+  network: :func:`sample` takes the per-stage run directories (``--stage_workdirs``); snapshot
+  sampling inside a single-stage run is skipped with a log line.
+
+Unconditional metrics (bits/dim, the sample-quality hooks) do not apply to these models;
+:func:`evaluate` reports the held-out loss (and, for conditional runs, the PSNR of conditional
+samples) and logs which metrics it skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff import conditional, multiscale
+
+__all__ = ["MSDiffSetup", "setup", "network_config", "get_score_fns", "get_loss_fn",
+           "conditional_sampler", "condition_image", "psnr", "save_triplet_grid",
+           "heldout_images", "draw_conditional", "SnapshotSampler", "sample",
+           "multiscale_sample", "evaluate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MSDiffSetup:
+    """What a run needs to know about its ``config.msdiff`` section.
+
+    Fields:
+      mode: ``'conditional'`` or ``'multiscale'``.
+      section: the ``config.msdiff`` ConfigDict.
+      image_shape: ``(H, W, C)`` of the data images.
+      net_shape: ``(H', W', C')`` of one network input (``C' = C + C_y`` for conditional runs,
+        ``ms.block_shape(stage)`` for multi-scale runs).
+      net_config: a copy of the config whose ``data`` section describes the network input (what
+        :func:`jaxdiff.models.get_model` and :func:`jaxdiff.data.example_shape` read).
+      ms: the :class:`jaxdiff.multiscale.HaarMultiScale` (multi-scale runs), else ``None``.
+      stage: the trained stage (multi-scale runs), else ``None``.
+    """
+
+    mode: str
+    section: Any
+    image_shape: tuple
+    net_shape: tuple
+    net_config: Any
+    ms: Optional[multiscale.HaarMultiScale] = None
+    stage: Optional[int] = None
+
+
+def _section(config):
+    return config.get("msdiff", None) if hasattr(config, "get") else None
+
+
+def _error(msg: str):
+    from jaxdiff.train.config import ConfigError
+    return ConfigError(msg)
+
+
+def network_config(config):
+    """A copy of ``config`` whose ``data.num_channels`` / ``data.image_size`` are those of the
+    network input (conditional: ``C + condition_channels(task, C)`` channels; multi-scale:
+    ``image_size / 2**stage``). A config without ``msdiff`` is returned as is."""
+    sec = _section(config)
+    if sec is None:
+        return config
+    net = config.copy_and_resolve_references()
+    if sec.mode == "conditional":
+        c = int(config.data.num_channels)
+        net.data.num_channels = c + conditional.condition_channels(sec.task, c)
+    elif sec.mode == "multiscale":
+        net.data.image_size = int(config.data.image_size) // 2 ** int(sec.stage)
+    else:
+        raise _error(f"config.msdiff.mode: must be 'conditional' or 'multiscale', got {sec.mode!r}")
+    return net
+
+
+def setup(config, sde) -> Optional[MSDiffSetup]:
+    """The :class:`MSDiffSetup` of ``config`` for the base SDE ``sde`` (``None`` without a
+    ``config.msdiff`` section).
+
+    Raises:
+      ConfigError naming the key when the config asks for something these models cannot do: toy
+      data, discrete-time training (``training.continuous=False``), likelihood weighting in a
+      multi-scale run, a sampler other than ``sampling.method='pc'`` or
+      ``sampling.probability_flow=True``.
+    """
+    sec = _section(config)
+    if sec is None:
+        return None
+    if config.data.dataset == "toy":
+        raise _error("config.msdiff needs image data; config.data.dataset='toy'")
+    if not config.training.continuous:
+        raise _error("config.training.continuous=False: the msdiff losses sample continuous "
+                     "times; set config.training.continuous=True")
+    s = config.sampling
+    if s.method != "pc":
+        raise _error(f"config.sampling.method={s.method!r}: msdiff runs sample with their own "
+                     "predictor-corrector samplers; set config.sampling.method='pc'")
+    if s.probability_flow:
+        raise _error("config.sampling.probability_flow=True is not supported by the msdiff "
+                     "samplers")
+    size, ch = int(config.data.image_size), int(config.data.num_channels)
+    image_shape = (size, size, ch)
+    net = network_config(config)
+    net_shape = (int(net.data.image_size), int(net.data.image_size), int(net.data.num_channels))
+    if sec.mode == "conditional":
+        return MSDiffSetup("conditional", sec, image_shape, net_shape, net)
+    if config.training.likelihood_weighting:
+        raise _error("config.training.likelihood_weighting=True: the multi-scale loss has no "
+                     "likelihood weighting; set it to False")
+    ms = multiscale.from_config(sec, sde, size, ch)
+    stage = int(sec.stage)
+    if tuple(ms.block_shape(stage)) != net_shape:
+        raise AssertionError(f"network shape {net_shape} != block {ms.block_shape(stage)}")
+    return MSDiffSetup("multiscale", sec, image_shape, net_shape, net, ms=ms, stage=stage)
+
+
+def get_score_fns(config, model, sde, ms_setup: MSDiffSetup):
+    """``(train_score_fn, eval_score_fn)`` of the network (dropout on / off).
+
+    Conditional runs: the plain score functions of the ``x`` SDE ``sde`` (acting on the stacked
+    ``[x, y]`` channels). Multi-scale runs: the network as a score function of the stage's
+    multi-speed SDE ``ms.sde(stage)`` (per-coefficient ``alpha``, ``sigma``; time label
+    ``t * 999``), on coefficient blocks of ``ms.block_shape(stage)``.
+    """
+    from jaxdiff.train.step import get_score_fns as plain_score_fns
+    if ms_setup.mode == "conditional":
+        return plain_score_fns(config, model, sde)
+    return plain_score_fns(config, model, ms_setup.ms.sde(ms_setup.stage))
+
+
+def get_loss_fn(config, sde, score_fn, *, train: bool) -> Callable:
+    """``loss_fn(params, key, images) -> (loss, aux)`` of an msdiff run over plain image batches
+    ``(B, H, W, C)``.
+
+    Args:
+      config: a config with a ``msdiff`` section.
+      sde: the base SDE (``config.training.sde``): the ``x`` SDE of the conditional estimator, or
+        the SDE every Haar band runs at its own speed.
+      score_fn: the network's score function (from :func:`get_score_fns`).
+      train: dropout on (the score function gets ``rng=``).
+
+    Returns:
+      Conditional: :func:`jaxdiff.conditional.get_conditional_loss` (``y = observe(images)``
+      inside); multi-scale: :func:`jaxdiff.multiscale.multiscale_loss` of the stage. Both use
+      ``training.reduce_mean`` and ``training.loss_eps``; the conditional one also
+      ``training.likelihood_weighting``.
+    """
+    ms_setup = setup(config, sde)
+    if ms_setup is None:
+        raise ValueError("get_loss_fn: config has no msdiff section")
+    t = config.training
+    rng_kwarg = "rng" if train else None
+    if ms_setup.mode == "conditional":
+        loss_fn, _, _ = conditional.get_conditional_loss(
+            ms_setup.section, sde, score_fn, image_size=ms_setup.image_shape[0],
+            channels=ms_setup.image_shape[2], reduce_mean=t.reduce_mean,
+            likelihood_weighting=t.likelihood_weighting, eps=t.loss_eps, rng_kwarg=rng_kwarg)
+        return loss_fn
+    return multiscale.multiscale_loss(ms_setup.ms, ms_setup.stage, score_fn,
+                                      reduce_mean=t.reduce_mean, eps=t.loss_eps,
+                                      rng_kwarg=rng_kwarg)
+
+
+# ---- conditional sampling -------------------------------------------------------------------
+def conditional_sampler(config, sde, score_fn, num_samples: int):
+    """``(sample(params, key, y) -> (x, nfe), estimator)``: the estimator's PC sampler of
+    ``x | y`` with ``config.sampling`` (``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
+    ``num_steps`` (0: ``sde.N``), ``noise_removal``, ``eps``) and ``config.msdiff.resample_y``.
+
+    Args:
+      config: a conditional msdiff config.
+      sde: the ``x`` SDE.
+      score_fn: the network's (eval) score function on stacked ``[x, y]`` channels.
+      num_samples: the batch ``B`` (one condition per sample: ``y`` is ``(B, *y_shape)``).
+    """
+    sec = _section(config)
+    if sec is None or sec.mode != "conditional":
+        raise ValueError("conditional_sampler needs config.msdiff.mode='conditional'")
+    est = conditional.get_estimator(sec.estimator, sde, y_speed=float(sec.y_speed))
+    c = int(config.data.num_channels)
+    cond_score = conditional.concat_conditional(score_fn, c)
+    s = config.sampling
+    size = int(config.data.image_size)
+    sampler = est.pc_sampler(
+        cond_score, (int(num_samples), size, size, c),
+        predictor=None if s.predictor == "none" else s.predictor,
+        corrector=None if s.corrector == "none" else s.corrector, snr=s.snr,
+        n_corrector_steps=s.n_steps_each, num_steps=s.num_steps or sde.N,
+        denoise=s.noise_removal, eps=s.eps, resample_y=bool(sec.resample_y))
+    return sampler, est
+
+
+def condition_image(sec, y, image_shape: Sequence[int], centered: bool) -> np.ndarray:
+    """A viewable model-space image of each condition ``y``, of the images' shape ``(B, H, W, C)``.
+
+    Super-resolution: ``y`` upsampled (nearest); inpainting: the masked image (hidden pixels at
+    the lowest value); edges: the Sobel magnitude scaled to the full range per image.
+    """
+    y = np.asarray(y, np.float32)
+    h, w, c = (int(v) for v in image_shape)
+    lo = -1.0 if centered else 0.0
+    if sec.task == "super_resolution":
+        return np.asarray(conditional.upsample(jnp.asarray(y), (h, w)))
+    if sec.task == "inpainting":
+        img, mask = y[..., :c], y[..., c:c + 1]
+        return np.where(mask > 0.5, img, lo).astype(np.float32)
+    if sec.task == "edges":
+        peak = y.reshape(y.shape[0], -1).max(axis=1).reshape(-1, 1, 1, 1)
+        v = y / np.maximum(peak, 1e-12)
+        return (2.0 * v - 1.0 if centered else v).astype(np.float32)
+    raise ValueError(f"unknown conditional task {sec.task!r}")
+
+
+def psnr(x, truth, centered: bool) -> np.ndarray:
+    """Per-image PSNR (dB) of ``x`` against ``truth`` (both ``(B, ...)`` model-space images,
+    clipped to the data range, peak 1 in ``[0, 1]`` units)."""
+    x, truth = np.asarray(x, np.float64), np.asarray(truth, np.float64)
+    if x.shape != truth.shape:
+        raise ValueError(f"psnr: shapes differ, {x.shape} vs {truth.shape}")
+    if centered:
+        x, truth = (x + 1.0) / 2.0, (truth + 1.0) / 2.0
+    x, truth = np.clip(x, 0.0, 1.0), np.clip(truth, 0.0, 1.0)
+    mse = np.mean(np.square(x - truth).reshape(x.shape[0], -1), axis=1)
+    return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
+
+
+def save_triplet_grid(path: str, cond, x, truth, *, centered: bool, pad: int = 1,
+                      scale: int = 0) -> np.ndarray:
+    """Write a PNG grid of (condition, sample, truth) triplets; return the uint8 grid.
+
+    Args:
+      path: output PNG.
+      cond, x, truth: ``(N, H, W, C)`` model-space images (``cond`` from :func:`condition_image`).
+      centered: data in ``[-1, 1]`` (else ``[0, 1]``).
+      pad: white pixels between images (triplets are separated by ``3 * pad``).
+      scale: pixel repetition (0: at least 256 pixels per side).
+
+    Returns:
+      The grid ``(rows * (H + pad) + pad, cols * (3 W + 5 pad) + pad [, C])`` before scaling,
+      repeated ``scale`` times.
+    """
+    from PIL import Image
+    from jaxdiff.train.sampling import to_uint8
+    trip = [to_uint8(a, centered) for a in (cond, x, truth)]
+    if not trip[0].shape == trip[1].shape == trip[2].shape:
+        raise ValueError(f"condition, sample and truth shapes differ: "
+                         f"{[a.shape for a in trip]}")
+    n, h, w, c = trip[0].shape
+    cols = max(1, int(math.ceil(math.sqrt(n / 3.0))))
+    rows = int(math.ceil(n / cols))
+    cell_w = 3 * w + 2 * pad + 3 * pad
+    grid = np.full((rows * (h + pad) + pad, cols * cell_w + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, cols)
+        y0, x0 = pad + r * (h + pad), pad + col * cell_w
+        for j in range(3):
+            grid[y0:y0 + h, x0 + j * (w + pad): x0 + j * (w + pad) + w] = trip[j][i]
+    if scale == 0:
+        scale = max(1, int(math.ceil(256 / grid.shape[0])))
+    if scale > 1:
+        grid = grid.repeat(scale, 0).repeat(scale, 1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    return grid
+
+
+def heldout_images(config, data_dir: str, n: int) -> np.ndarray:
+    """The first ``n`` model-space images ``(n, H, W, C)`` of the eval split (unshuffled)."""
+    from jaxdiff.data import eval_dataset
+    ds = eval_dataset(config, data_dir, batch_size=int(n), process_index=0, process_count=1)
+    if len(ds) == 0:
+        raise ValueError(f"{n} conditional samples need {n} held-out images; the "
+                         f"{config.data.eval_split!r} split has fewer (lower --num_samples or "
+                         f"config.sampling.num_samples)")
+    return np.asarray(ds[0]["x"], np.float32)
+
+
+def draw_conditional(config, sampler, params, key, images) -> dict:
+    """Conditional samples for the held-out ``images``: ``y = observe(images)``,
+    ``x = sampler(params, key, y)``.
+
+    Returns:
+      ``{'x', 'y', 'cond' (viewable y), 'truth', 'nfe', 'psnr' (per image),
+      'psnr_condition' (per image; super-resolution / inpainting: the viewable condition against
+      the truth, a baseline)}`` as numpy arrays.
+    """
+    sec = _section(config)
+    images = jnp.asarray(images, jnp.float32)
+    y = conditional.make_observe(sec, int(config.data.image_size))(images)
+    x, nfe = sampler(params, key, y)
+    x, y, truth = (np.asarray(jax.device_get(a)) for a in (x, y, images))
+    cond = condition_image(sec, y, truth.shape[1:], config.data.centered)
+    out = {"x": x, "y": y, "cond": cond, "truth": truth, "nfe": np.asarray(nfe),
+           "psnr": psnr(x, truth, config.data.centered)}
+    if sec.task != "edges":
+        out["psnr_condition"] = psnr(cond, truth, config.data.centered)
+    return out
+
+
+def _summary(d: dict) -> dict:
+    s = {"psnr": float(np.mean(d["psnr"])), "nfe": int(d["nfe"])}
+    if "psnr_condition" in d:
+        s["psnr_condition"] = float(np.mean(d["psnr_condition"]))
+    return s
+
+
+class SnapshotSampler:
+    """Snapshot sampling inside a training run (``training.snapshot_sampling``).
+
+    Conditional runs: ``config.sampling.num_samples`` held-out images, their conditions and one
+    sample each from the EMA params: ``<workdir>/samples/step_<step>.png`` (triplet grid) and
+    ``step_<step>.json`` (mean PSNR). Multi-scale runs: skipped (one stage's network cannot sample
+    alone), logged once.
+    """
+
+    def __init__(self, config, exp, data_dir: str, workdir: str):
+        self.config, self.exp, self.data_dir, self.workdir = config, exp, data_dir, workdir
+        self._sampler, self._images, self._logged = None, None, False
+
+    def __call__(self, state, step: int) -> Optional[float]:
+        from jaxdiff import parallel
+        c, ms_setup = self.config, self.exp.msdiff
+        if ms_setup.mode == "multiscale":
+            if not self._logged:
+                logging.info("multiscale stage %d: snapshot sampling skipped (sampling needs the "
+                             "networks of all %d stages: --mode=sample --stage_workdirs=...)",
+                             ms_setup.stage, ms_setup.ms.levels + 1)
+                self._logged = True
+            return None
+        n = c.sampling.num_samples
+        if self._sampler is None:
+            self._sampler, _ = conditional_sampler(c, self.exp.sde, self.exp.score_fn, n)
+            self._images = heldout_images(c, self.data_dir, n)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2), step)
+        d = draw_conditional(c, self._sampler, state.ema_params, key, self._images)
+        if parallel.is_main_process():
+            out = os.path.join(self.workdir, "samples", f"step_{step:08d}")
+            save_triplet_grid(out + ".png", d["cond"], d["x"], d["truth"],
+                              centered=c.data.centered)
+            with open(out + ".json", "w") as f:
+                json.dump({"step": int(step), **_summary(d)}, f)
+        logging.info("step %d: conditional samples PSNR %.2f dB", step, float(np.mean(d["psnr"])))
+        return None
+
+
+# ---- --mode=sample / --mode=eval ------------------------------------------------------------
+def sample(config, workdir: str, *, num_samples: Optional[int] = None,
+           stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+    """``--mode=sample`` of an msdiff run.
+
+    Conditional: loads the EMA params of the newest (or ``config.eval.checkpoint_step``)
+    checkpoint in ``workdir``, takes the first ``num_samples`` (default
+    ``config.sampling.num_samples``) held-out images, observes them and draws one sample per
+    condition; writes ``<workdir>/samples/samples_<step>.npz`` (``x``, ``y``, ``cond``, ``truth``,
+    ``images`` (uint8 samples), ``nfe``, ``psnr``) and ``samples_<step>.png`` (rows of
+    (condition, sample, truth) triplets). Returns ``{'step', 'npz', 'png', 'nfe', 'shape',
+    'y_shape', 'psnr', ['psnr_condition']}``.
+
+    Multi-scale: see :func:`multiscale_sample` (needs ``stage_workdirs``).
+    """
+    from jaxdiff import parallel
+    from jaxdiff.data import resolve_data_dir
+    from jaxdiff.train.config import validate_config
+    from jaxdiff.train.evaluate import load_params
+    from jaxdiff.train.experiment import check_workdir
+    from jaxdiff.train.sampling import to_uint8
+    validate_config(config)
+    sec = _section(config)
+    if sec is None:
+        raise ValueError("msdiff.sample: config has no msdiff section")
+    if sec.mode == "multiscale":
+        return multiscale_sample(config, workdir, stage_workdirs, num_samples=num_samples)
+    parallel.maybe_initialize_distributed(config.parallel)
+    workdir = check_workdir(workdir)
+    params, step, exp = load_params(config, workdir, step=config.eval.checkpoint_step)
+    n = int(num_samples or config.sampling.num_samples)
+    sampler, _ = conditional_sampler(config, exp.sde, exp.score_fn, n)
+    images = heldout_images(config, resolve_data_dir(config, workdir), n)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + step)
+    d = draw_conditional(config, sampler, params, key, images)
+    out = os.path.join(workdir, "samples")
+    npz, png = os.path.join(out, f"samples_{step}.npz"), os.path.join(out, f"samples_{step}.png")
+    if parallel.is_main_process():
+        os.makedirs(out, exist_ok=True)
+        save_triplet_grid(png, d["cond"], d["x"], d["truth"], centered=config.data.centered)
+        np.savez(npz, images=to_uint8(d["x"], config.data.centered), **d)
+    return {"step": step, "npz": npz, "png": png, "shape": list(d["x"].shape),
+            "y_shape": list(d["y"].shape), **_summary(d)}
+
+
+def multiscale_sample(config, workdir: str, stage_workdirs: Optional[Sequence[str]], *,
+                      num_samples: Optional[int] = None) -> dict:
+    """Coarse-to-fine samples of a multi-scale model from its ``L + 1`` per-stage runs.
+
+    Args:
+      config: any stage's config (``config.msdiff.stage`` is replaced per run).
+      workdir: where ``samples/`` is written (may be one of the stage runs).
+      stage_workdirs: the run directories of stages ``0, 1, ..., L`` in that order (each trained
+        with ``config.msdiff.stage`` = its index); their newest (or ``config.eval.checkpoint_step``)
+        EMA params are used.
+      num_samples: default ``config.sampling.num_samples``.
+
+    Writes ``<workdir>/samples/samples_multiscale.npz`` (``x``, ``images``, ``nfe``,
+    ``steps`` (per stage)) and ``.png``. Returns ``{'steps', 'npz', 'png', 'nfe', 'shape'}``.
+
+    Raises:
+      ConfigError when ``stage_workdirs`` is missing or has the wrong length.
+    """
+    from jaxdiff import parallel
+    from jaxdiff.train.config import validate_config
+    from jaxdiff.train.evaluate import load_params
+    from jaxdiff.train.experiment import check_workdir
+    from jaxdiff.train.sampling import save_image_grid, to_uint8
+    validate_config(config)
+    sec = _section(config)
+    L = len(tuple(sec.end_times))
+    dirs = [d for d in (stage_workdirs or []) if d]
+    if len(dirs) != L + 1:
+        raise _error(f"multi-scale sampling needs the checkpoints of all {L + 1} stages (one "
+                     f"training run per config.msdiff.stage = 0..{L}): pass "
+                     f"--stage_workdirs=DIR_0,...,DIR_{L} (stage order); got {list(dirs)!r}")
+    parallel.maybe_initialize_distributed(config.parallel)
+    workdir = check_workdir(workdir)
+    params, steps, fns, ms = [], [], [], None
+    for s, d in enumerate(dirs):
+        cfg = config.copy_and_resolve_references()
+        cfg.msdiff.stage = s
+        p, st, exp = load_params(cfg, d, step=config.eval.checkpoint_step)
+        params.append(p)
+        steps.append(st)
+        ms = exp.msdiff.ms
+        fns.append(lambda ps, c, t, s=s, f=exp.score_fn: f(ps[s], c, t))
+    n = int(num_samples or config.sampling.num_samples)
+    smp = config.sampling
+    sampler = multiscale.multiscale_sampler(
+        ms, fns, n, predictor=None if smp.predictor == "none" else smp.predictor,
+        corrector=None if smp.corrector == "none" else smp.corrector, snr=smp.snr,
+        n_corrector_steps=smp.n_steps_each, num_steps=smp.num_steps or ms.base.N,
+        denoise=smp.noise_removal, eps=smp.eps)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + sum(steps))
+    x, nfe = sampler(tuple(params), key)
+    x = np.asarray(jax.device_get(x))
+    out = os.path.join(workdir, "samples")
+    npz = os.path.join(out, "samples_multiscale.npz")
+    png = os.path.join(out, "samples_multiscale.png")
+    if parallel.is_main_process():
+        os.makedirs(out, exist_ok=True)
+        save_image_grid(png, x, centered=config.data.centered)
+        np.savez(npz, x=x, images=to_uint8(x, config.data.centered), nfe=np.asarray(nfe),
+                 steps=np.asarray(steps))
+    return {"steps": steps, "npz": npz, "png": png, "nfe": int(nfe), "shape": list(x.shape)}
+
+
+def evaluate(config, workdir: str) -> dict:
+    """``--mode=eval`` of an msdiff run: the held-out (conditional / stage) loss of the EMA params
+    and, for conditional runs with ``config.eval.enable_sampling``, the mean PSNR of
+    ``config.sampling.num_samples`` conditional samples against the truth. Bits/dim and the
+    registered sample-quality hooks need an unconditional full-resolution model and are skipped
+    (logged, and listed under ``'skipped'``). Writes ``<workdir>/eval/report_<step>.json``."""
+    from jaxdiff import parallel
+    from jaxdiff.data import resolve_data_dir
+    from jaxdiff.train.config import validate_config
+    from jaxdiff.train.evaluate import EVAL_HOOKS, EvalContext, _held_out_loss, load_params
+    from jaxdiff.train.experiment import check_workdir
+    validate_config(config)
+    parallel.maybe_initialize_distributed(config.parallel)
+    workdir = check_workdir(workdir)
+    e = config.eval
+    params, step, exp = load_params(config, workdir, step=e.checkpoint_step, use_ema=e.use_ema)
+    data_dir = resolve_data_dir(config, workdir)
+    ctx = EvalContext(config=config, exp=exp, params=params, step=step, data_dir=data_dir,
+                      workdir=workdir,
+                      key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + step))
+    mode = exp.msdiff.mode
+    report = {"step": step, "dataset": config.data.dataset, "sde": config.training.sde,
+              "ema": bool(e.use_ema), "msdiff_mode": mode, "skipped": []}
+    if mode == "multiscale":
+        report["stage"] = exp.msdiff.stage
+    if e.enable_loss:
+        report["held_out_loss"] = _held_out_loss(ctx)
+    why = ("p(x | y) has no unconditional likelihood" if mode == "conditional" else
+           "one stage's network is not a full-resolution model")
+    if e.enable_bpd:
+        report["skipped"].append("bits_per_dim")
+        logging.info("msdiff %s: bits/dim skipped (%s)", mode, why)
+    if EVAL_HOOKS:
+        names = [getattr(h, "__name__", repr(h)) for h in EVAL_HOOKS]
+        report["skipped"].extend(names)
+        logging.info("msdiff %s: eval hooks %s skipped (%s)", mode, names, why)
+    if mode == "conditional" and e.enable_sampling:
+        n = config.sampling.num_samples
+        sampler, _ = conditional_sampler(config, exp.sde, exp.score_fn, n)
+        d = draw_conditional(config, sampler, params, jax.random.fold_in(ctx.key, 4),
+                             heldout_images(config, data_dir, n))
+        report.update({f"conditional_{k}": v for k, v in _summary(d).items()})
+        report["conditional_num_samples"] = int(n)
+    if parallel.is_main_process():
+        out = os.path.join(workdir, "eval", f"report_{step}.json")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+        logging.info("eval report: %s", out)
+    return report

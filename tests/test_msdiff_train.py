@@ -1,0 +1,273 @@
+"""MSDiff configs through the training system: conditional (CDE / CMDE super-resolution on the
+digits) and multi-scale (one Haar stage per run) train, resume, use the library losses, and
+sample through ``launch/main.py``'s ``run``."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import conditional, multiscale
+from jaxdiff.data import resolve_data_dir, train_dataset
+from jaxdiff.scores import get_score_fn
+from jaxdiff.train import ConfigError, train
+from jaxdiff.train import msdiff as msdiff_lib
+from jaxdiff.train.experiment import build_experiment
+from jaxdiff.train.step import get_loss_fn
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(path, name, *args):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(*args)
+
+
+def _tiny(config, n_iters=4):
+    config.model.nf = 8
+    config.model.ch_mult = (1, 2)
+    config.model.num_res_blocks = 1
+    config.model.ema_rate = 0.9
+    t = config.training
+    t.batch_size, t.n_iters = 8, n_iters
+    t.log_freq, t.eval_freq, t.snapshot_freq, t.snapshot_freq_for_preemption = 1, 2, 4, 2
+    t.async_checkpointing = False
+    config.eval.batch_size, config.eval.num_loss_batches = 8, 1
+    config.sampling.num_steps, config.sampling.num_samples = 4, 6
+    config.parallel.num_devices = 1
+    return config
+
+
+def sr_config(estimator, **kw):
+    return _tiny(_load(ROOT / "configs" / "msdiff_digits_sr.py", "msdiff_digits_sr", estimator),
+                 **kw)
+
+
+def ms_config(stage, **kw):
+    c = _load(ROOT / "configs" / "digits.py", "digits")
+    c.msdiff = multiscale.config_section(end_times=(0.5,), stage=stage)
+    return _tiny(c, **kw)
+
+
+def _batch(config, workdir):
+    it = iter(train_dataset(config, resolve_data_dir(config, str(workdir))))
+    return jnp.asarray(next(it)["x"])
+
+
+def _perturbed(params, scale=0.05):
+    """Random non-zero weights (the U-Net's last conv starts at zero, which would hide y)."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(11), len(leaves))
+    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype)
+                                     for p, k in zip(leaves, keys)])
+
+
+def _run():
+    import sys
+    sys.path.insert(0, str(ROOT / "launch"))
+    try:
+        from main import run
+    finally:
+        sys.path.pop(0)
+    return run
+
+
+def _check_conditional_wiring(config, exp, params, images):
+    """The wired loss equals the library's conditional loss for this estimator, and differs from
+    the other estimator's (so a plain DSM loss or a wrong estimator would fail)."""
+    key = jax.random.PRNGKey(7)
+    wired = float(get_loss_fn(config, exp.sde, exp.score_fn, train=False)(params, key, images)[0])
+    sec = config.msdiff
+
+    def lib(estimator):
+        s = sec.copy_and_resolve_references()
+        s.estimator = estimator
+        fn, _, _ = conditional.get_conditional_loss(
+            s, exp.sde, get_score_fn(exp.sde, exp.model), image_size=16, channels=1)
+        return float(fn(params, key, images)[0])
+
+    np.testing.assert_allclose(wired, lib(sec.estimator), rtol=1e-6)
+    other = lib("cmde" if sec.estimator == "cde" else "cde")
+    assert abs(other - wired) > 1e-3 * wired, (other, wired)
+
+
+def _conv_kernels(params):
+    return [leaf for _, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+            if getattr(leaf, "ndim", 0) == 4]
+
+
+def _check_conditional_network(exp, params):
+    """The network sees [x_t, upsample(y_t)]: 1 + 1 channels in and out, at 16 x 16."""
+    assert exp.example_shape == (16, 16, 2) and exp.msdiff.mode == "conditional"
+    out = exp.model.apply({"params": params}, jnp.zeros((1, 16, 16, 2)), jnp.zeros((1,)))
+    assert out.shape == (1, 16, 16, 2)
+    ins = sorted({k.shape[2] for k in _conv_kernels(params)})
+    outs = sorted({k.shape[3] for k in _conv_kernels(params)})
+    assert ins[0] == 2 and outs[0] == 2, (ins, outs)   # nf = 8: only the ends have 2 channels
+
+
+def test_conditional_cmde_trains_resumes_and_samples(tmp_path):
+    """CMDE super-resolution: 2 steps, resume for 2 more (held-out conditional loss logged),
+    the wired loss is the library's, and --mode=sample / --mode=eval write their outputs."""
+    config = sr_config("cmde")
+    config.training.snapshot_sampling = False
+    wd = tmp_path / "sr"
+    r1 = train(config, str(wd), max_steps=2, progress=False)
+    assert r1["step"] == 2 and r1["status"] == "max_steps"
+    assert len(r1["losses"]) == 2 and all(np.isfinite(v) for v in r1["losses"].values())
+    assert np.isfinite(r1["eval"][2])
+    r2 = train(config, str(wd), max_steps=2, progress=False)   # resumes at step 2
+    assert r2["step"] == 4 and r2["status"] == "done" and sorted(r2["losses"]) == [3, 4]
+    assert np.isfinite(r2["eval"][4])
+    rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/loss" in r] == [2, 4]
+
+    run = _run()
+    r = run(config, str(wd), "sample", num_samples=5)
+    assert r["step"] == 4 and r["nfe"] == 4
+    assert r["shape"] == [5, 16, 16, 1] and r["y_shape"] == [5, 8, 8, 1]
+    d = np.load(r["npz"])
+    assert d["x"].shape == d["truth"].shape == d["cond"].shape == (5, 16, 16, 1)
+    assert d["y"].shape == (5, 8, 8, 1) and d["images"].dtype == np.uint8
+    assert np.all(np.isfinite(d["x"]))
+    # the truth is the held-out split, y its 2x2 average (what the sampler conditioned on)
+    truth = msdiff_lib.heldout_images(config, resolve_data_dir(config, str(wd)), 5)
+    np.testing.assert_allclose(d["truth"], truth)
+    np.testing.assert_allclose(d["y"], truth.reshape(5, 8, 2, 8, 2, 1).mean((2, 4)), atol=1e-6)
+    np.testing.assert_allclose(d["cond"], d["y"].repeat(2, 1).repeat(2, 2), atol=1e-6)
+    np.testing.assert_allclose(r["psnr"], msdiff_lib.psnr(d["x"], truth, True).mean(), rtol=1e-6)
+    from PIL import Image
+    grid = np.asarray(Image.open(r["png"]))
+    # 5 triplets, 2 per row (ceil(sqrt(5/3))), 3 rows; a triplet is 3 * 16 + 5 pixels wide
+    scale = int(np.ceil(256 / (3 * 17 + 1)))
+    assert grid.shape == ((3 * 17 + 1) * scale, (2 * (3 * 16 + 5) + 1) * scale)
+
+    from jaxdiff.train.evaluate import load_params
+    params, step, exp = load_params(config, str(wd))
+    _check_conditional_network(exp, params)
+    _check_conditional_wiring(config, exp, _perturbed(params), _batch(config, wd))
+
+
+@pytest.mark.slow
+def test_conditional_cde_run_with_snapshot_and_eval(tmp_path):
+    """CDE: 4 steps with a snapshot grid at step 4 (PSNR json), the wiring, and --mode=eval
+    (held-out loss; bits/dim and the unconditional hooks skipped)."""
+    config = sr_config("cde")
+    wd = tmp_path / "cde"
+    r = train(config, str(wd), max_steps=4, progress=False)
+    assert r["step"] == 4 and all(np.isfinite(v) for v in r["losses"].values())
+    snap = json.loads((wd / "samples" / "step_00000004.json").read_text())
+    assert snap["nfe"] == 4 and np.isfinite(snap["psnr"]) and np.isfinite(snap["psnr_condition"])
+    assert (wd / "samples" / "step_00000004.png").exists()
+    config.eval.enable_bpd = True
+    rep = _run()(config, str(wd), "eval")
+    assert np.isfinite(rep["held_out_loss"]) and "bits_per_dim" in rep["skipped"]
+    assert "quality_metrics" in rep["skipped"] and "bits_per_dim" not in rep
+    assert np.isfinite(rep["conditional_psnr"]) and rep["msdiff_mode"] == "conditional"
+    exp = build_experiment(config)
+    params = _perturbed(exp.init(jax.random.PRNGKey(0)).params)
+    _check_conditional_network(exp, params)
+    _check_conditional_wiring(config, exp, params, _batch(config, wd))
+
+
+def test_psnr_and_condition_images():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(-1, 1, (3, 4, 4, 1))
+    t = np.clip(truth, -0.8, 0.8)
+    np.testing.assert_allclose(msdiff_lib.psnr(t + 0.1, t, True), 20 * np.log10(1 / 0.05),
+                               rtol=1e-9)
+    np.testing.assert_allclose(msdiff_lib.psnr(t / 2 + 0.5 + 0.1, t / 2 + 0.5, False),
+                               20 * np.log10(1 / 0.1), rtol=1e-9)
+    sec = conditional.config_section(task="inpainting")
+    y = conditional.observe("inpainting", jnp.asarray(truth), mask=conditional.inpaint_mask(4))
+    v = msdiff_lib.condition_image(sec, y, (4, 4, 1), True)
+    np.testing.assert_allclose(v[:, 1:3, 1:3], -1.0)
+    np.testing.assert_allclose(v[:, 0], truth[:, 0])
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_multiscale_stage_network_score_and_loss(stage):
+    """Stage s: the network at (16 / 2^s)^2, the score of ms.sde(s) and the library's
+    multiscale_loss (a plain DSM loss, or the base SDE's score, would differ)."""
+    config = ms_config(stage)
+    exp = build_experiment(config)
+    size = 16 // 2**stage
+    assert exp.example_shape == (size, size, 1) and exp.msdiff.stage == stage
+    ms = exp.msdiff.ms
+    assert ms.end_times == (0.5,) and ms.image_shape == (16, 16, 1)
+    params = _perturbed(exp.init(jax.random.PRNGKey(0)).params)
+    assert {k.shape[2] for k in _conv_kernels(params)} >= {1}
+    out = exp.model.apply({"params": params}, jnp.zeros((1, size, size, 1)), jnp.zeros((1,)))
+    assert out.shape == (1, size, size, 1)
+    images = jax.random.uniform(jax.random.PRNGKey(4), (4, 16, 16, 1), minval=-1, maxval=1)
+    key = jax.random.PRNGKey(5)
+    wired = get_loss_fn(config, exp.sde, exp.score_fn, train=False)(params, key, images)[0]
+    lib = multiscale.multiscale_loss(ms, stage, get_score_fn(ms.sde(stage), exp.model))
+    np.testing.assert_allclose(float(wired), float(lib(params, key, images)[0]), rtol=1e-6)
+    # the score is that of the stage's multi-speed SDE
+    c = jax.random.normal(key, (2, size, size, 1))
+    t = jnp.array([0.2, 0.3]) if stage == 0 else jnp.array([0.6, 0.7])
+    s_wired = exp.score_fn(params, c, t)
+    np.testing.assert_allclose(s_wired, get_score_fn(ms.sde(stage), exp.model)(params, c, t),
+                               rtol=1e-6)
+    if stage == 0:   # the details run at speed 1 / T_1 = 2: sigma differs from the base SDE's
+        s_base = get_score_fn(exp.sde, exp.model)(params, c, t)
+        assert float(jnp.max(jnp.abs(s_wired - s_base))) > 0.1 * float(jnp.max(jnp.abs(s_base)))
+
+
+@pytest.fixture(scope="module")
+def ms_runs(tmp_path_factory):
+    """Stage 0 and stage 1 runs: 2 steps, then resumed for 2 more."""
+    out = {}
+    for stage in (0, 1):
+        wd = tmp_path_factory.mktemp(f"ms_stage{stage}")
+        config = ms_config(stage)
+        r1 = train(config, str(wd), max_steps=2, progress=False)
+        r2 = train(config, str(wd), max_steps=2, progress=False)
+        out[stage] = (config, wd, r1, r2)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 1])
+def test_multiscale_stage_trains_and_resumes(ms_runs, stage):
+    config, wd, r1, r2 = ms_runs[stage]
+    assert r1["step"] == 2 and r2["step"] == 4 and r2["status"] == "done"
+    assert sorted(r1["losses"]) == [1, 2] and sorted(r2["losses"]) == [3, 4]
+    assert all(np.isfinite(v) for v in {**r1["losses"], **r2["losses"]}.values())
+    assert np.isfinite(r1["eval"][2]) and np.isfinite(r2["eval"][4])
+    assert not (wd / "samples").exists()   # single-stage snapshot sampling is skipped (logged)
+    from jaxdiff.train.evaluate import load_params
+    params, step, exp = load_params(config, str(wd))
+    size = 16 // 2**stage
+    assert step == 4 and exp.model.apply({"params": params}, jnp.zeros((1, size, size, 1)),
+                                         jnp.zeros((1,))).shape == (1, size, size, 1)
+    rep = _run()(config, str(wd), "eval")
+    assert rep["stage"] == stage and np.isfinite(rep["held_out_loss"])
+
+
+@pytest.mark.slow
+def test_multiscale_sample_from_the_stage_runs(ms_runs, tmp_path):
+    config = ms_runs[1][0]
+    run = _run()
+    r = run(config, str(tmp_path / "out"), "sample", num_samples=3,
+            stage_workdirs=[str(ms_runs[0][1]), str(ms_runs[1][1])])
+    assert r["shape"] == [3, 16, 16, 1] and r["steps"] == [4, 4] and r["nfe"] == 4
+    x = np.load(r["npz"])["x"]
+    assert x.shape == (3, 16, 16, 1) and np.all(np.isfinite(x))
+    assert os.path.exists(r["png"])
+
+
+def test_multiscale_sample_needs_all_stages(tmp_path):
+    config = ms_config(0)
+    with pytest.raises(ConfigError, match="stage_workdirs=DIR_0,...,DIR_1"):
+        _run()(config, str(tmp_path / "out"), "sample")
+    with pytest.raises(ConfigError, match="all 2 stages"):
+        _run()(config, str(tmp_path / "out"), "sample", stage_workdirs=[str(tmp_path)])
