@@ -52,6 +52,7 @@ def sr_config(estimator, **kw):
 
 def ms_config(stage, **kw):
     c = _load(ROOT / "configs" / "digits.py", "digits")
+    c.data.image_size = 16
     c.msdiff = multiscale.config_section(end_times=(0.5,), stage=stage)
     return _tiny(c, **kw)
 
@@ -61,12 +62,26 @@ def _batch(config, workdir):
     return jnp.asarray(next(it)["x"])
 
 
-def _perturbed(params, scale=0.05):
-    """Random non-zero weights (the U-Net's last conv starts at zero, which would hide y)."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(11), len(leaves))
-    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype)
-                                     for p, k in zip(leaves, keys)])
+def _perturbed(params, scale=0.05, seed=11):
+    """``params`` plus Gaussian noise (numpy: no per-shape compiles). The U-Net's last conv
+    starts at zero, which would hide the condition from the loss."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + scale * rng.standard_normal(
+        p.shape), p.dtype), params)
+
+
+def _random_params(exp, scale=0.05, seed=11):
+    """Random parameters of the experiment's network from its abstract state (no init compile)."""
+    return _perturbed(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), exp.abstract_state.params),
+                      scale, seed)
+
+
+# one-off test computations: XLA:CPU's backend optimisations off (compiles several times faster)
+_FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _fjit(f):
+    return jax.jit(f, compiler_options=_FAST if jax.default_backend() == "cpu" else {})
 
 
 def _run():
@@ -81,21 +96,25 @@ def _run():
 
 def _check_conditional_wiring(config, exp, params, images):
     """The wired loss equals the library's conditional loss for this estimator, and differs from
-    the other estimator's (so a plain DSM loss or a wrong estimator would fail)."""
+    the other estimator's on the same key (so a plain DSM loss or a wrong estimator fails)."""
     key = jax.random.PRNGKey(7)
-    wired = float(get_loss_fn(config, exp.sde, exp.score_fn, train=False)(params, key, images)[0])
     sec = config.msdiff
+    wired_fn = get_loss_fn(config, exp.sde, exp.score_fn, train=False)
 
-    def lib(estimator):
+    def lib_fn(estimator):
         s = sec.copy_and_resolve_references()
         s.estimator = estimator
-        fn, _, _ = conditional.get_conditional_loss(
-            s, exp.sde, get_score_fn(exp.sde, exp.model), image_size=16, channels=1)
-        return float(fn(params, key, images)[0])
+        return conditional.get_conditional_loss(
+            s, exp.sde, get_score_fn(exp.sde, exp.model), image_size=16, channels=1)[0]
 
-    np.testing.assert_allclose(wired, lib(sec.estimator), rtol=1e-6)
-    other = lib("cmde" if sec.estimator == "cde" else "cde")
-    assert abs(other - wired) > 1e-3 * wired, (other, wired)
+    other_name = "cmde" if sec.estimator == "cde" else "cde"
+    both = _fjit(lambda p, k, x: (wired_fn(p, k, x)[0], lib_fn(sec.estimator)(p, k, x)[0],
+                                  lib_fn(other_name)(p, k, x)[0]))
+    wired, lib, other = (float(v) for v in both(params, key, images))
+    np.testing.assert_allclose(wired, lib, rtol=1e-6)
+    # the other estimator's y_t moves the network output, but a mean over 4 x 256 squared errors
+    # barely changes (~1e-4 relative): still 20x the tolerance above
+    assert abs(other - wired) > 2e-5 * wired, (other, wired)
 
 
 def _conv_kernels(params):
@@ -106,13 +125,28 @@ def _conv_kernels(params):
 def _check_conditional_network(exp, params):
     """The network sees [x_t, upsample(y_t)]: 1 + 1 channels in and out, at 16 x 16."""
     assert exp.example_shape == (16, 16, 2) and exp.msdiff.mode == "conditional"
-    out = exp.model.apply({"params": params}, jnp.zeros((1, 16, 16, 2)), jnp.zeros((1,)))
+    out = jax.eval_shape(lambda p: exp.model.apply({"params": p}, jnp.zeros((1, 16, 16, 2)),
+                                                   jnp.zeros((1,))), params)
     assert out.shape == (1, 16, 16, 2)
     ins = sorted({k.shape[2] for k in _conv_kernels(params)})
     outs = sorted({k.shape[3] for k in _conv_kernels(params)})
     assert ins[0] == 2 and outs[0] == 2, (ins, outs)   # nf = 8: only the ends have 2 channels
 
 
+@pytest.mark.parametrize("estimator", ["cmde", pytest.param("cde", marks=pytest.mark.slow)])
+def test_conditional_network_and_loss_wiring(tmp_path, estimator):
+    """No training: the experiment of a conditional config has the x + y channel network, and
+    get_loss_fn is the library's conditional loss of the configured estimator."""
+    config = sr_config(estimator)
+    exp = build_experiment(config)
+    assert exp.msdiff.image_shape == (16, 16, 1) and exp.msdiff.net_shape == (16, 16, 2)
+    params = _random_params(exp, scale=0.3)   # large enough that y moves the output
+    _check_conditional_network(exp, params)
+    images = jax.random.uniform(jax.random.PRNGKey(4), (4, 16, 16, 1), minval=-1, maxval=1)
+    _check_conditional_wiring(config, exp, params, images)
+
+
+@pytest.mark.slow
 def test_conditional_cmde_trains_resumes_and_samples(tmp_path):
     """CMDE super-resolution: 2 steps, resume for 2 more (held-out conditional loss logged),
     the wired loss is the library's, and --mode=sample / --mode=eval write their outputs."""
@@ -202,24 +236,33 @@ def test_multiscale_stage_network_score_and_loss(stage):
     assert exp.example_shape == (size, size, 1) and exp.msdiff.stage == stage
     ms = exp.msdiff.ms
     assert ms.end_times == (0.5,) and ms.image_shape == (16, 16, 1)
-    params = _perturbed(exp.init(jax.random.PRNGKey(0)).params)
-    assert {k.shape[2] for k in _conv_kernels(params)} >= {1}
-    out = exp.model.apply({"params": params}, jnp.zeros((1, size, size, 1)), jnp.zeros((1,)))
+    params = _random_params(exp, scale=0.3)
+    out = jax.eval_shape(lambda p: exp.model.apply({"params": p}, jnp.zeros((1, size, size, 1)),
+                                                   jnp.zeros((1,))), params)
     assert out.shape == (1, size, size, 1)
     images = jax.random.uniform(jax.random.PRNGKey(4), (4, 16, 16, 1), minval=-1, maxval=1)
     key = jax.random.PRNGKey(5)
-    wired = get_loss_fn(config, exp.sde, exp.score_fn, train=False)(params, key, images)[0]
-    lib = multiscale.multiscale_loss(ms, stage, get_score_fn(ms.sde(stage), exp.model))
-    np.testing.assert_allclose(float(wired), float(lib(params, key, images)[0]), rtol=1e-6)
-    # the score is that of the stage's multi-speed SDE
     c = jax.random.normal(key, (2, size, size, 1))
     t = jnp.array([0.2, 0.3]) if stage == 0 else jnp.array([0.6, 0.7])
-    s_wired = exp.score_fn(params, c, t)
-    np.testing.assert_allclose(s_wired, get_score_fn(ms.sde(stage), exp.model)(params, c, t),
-                               rtol=1e-6)
+    wired_fn = get_loss_fn(config, exp.sde, exp.score_fn, train=False)
+    lib_fn = multiscale.multiscale_loss(ms, stage, get_score_fn(ms.sde(stage), exp.model))
+
+    def all_(p):
+        return (wired_fn(p, key, images), lib_fn(p, key, images), exp.score_fn(p, c, t),
+                get_score_fn(ms.sde(stage), exp.model)(p, c, t),
+                get_score_fn(exp.sde, exp.model)(p, c, t))
+
+    (wired, aux), (lib, lib_aux), s_wired, s_ms, s_base = _fjit(all_)(params)
+    np.testing.assert_allclose(float(wired), float(lib), rtol=1e-6)
+    np.testing.assert_allclose(aux["losses"], lib_aux["losses"], rtol=1e-6)
+    lo, hi = multiscale.stage_time_range(ms, stage, config.training.loss_eps)
+    assert (lo, hi) == ((1e-5, 0.5) if stage == 0 else (0.5, 1.0))
+    assert np.all((aux["t"] >= lo) & (aux["t"] <= hi))   # the stage's own time range
+    np.testing.assert_allclose(s_wired, s_ms, rtol=1e-6)
     if stage == 0:   # the details run at speed 1 / T_1 = 2: sigma differs from the base SDE's
-        s_base = get_score_fn(exp.sde, exp.model)(params, c, t)
         assert float(jnp.max(jnp.abs(s_wired - s_base))) > 0.1 * float(jnp.max(jnp.abs(s_base)))
+    else:            # the coarsest block holds only the approximation, at speed 1
+        np.testing.assert_allclose(s_wired, s_base, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
