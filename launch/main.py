@@ -4,6 +4,13 @@
     python launch/main.py --config=configs/digits.py --workdir=runs/digits --mode=eval
     python launch/main.py --config=configs/digits.py --workdir=runs/digits --mode=sample
 
+Conditional and multi-scale (MSDiff) configs run the same way (docs/msdiff.md); a multi-scale
+model samples from its per-stage runs:
+
+    python launch/main.py --config=configs/msdiff_digits_sr.py:cmde --workdir=runs/sr_cmde
+    python launch/main.py --config=configs/msdiff_multiscale_32.py:0 --workdir=runs/ms32 \
+        --mode=sample --stage_workdirs=runs/ms32_s0,runs/ms32_s1,runs/ms32_s2
+
 Any config key can be overridden: ``--config.training.batch_size=64``; an unknown key or a value
 of the wrong type stops start-up with the key's name. On several hosts run the same command on
 every host (see launch/tpu_pod.sh, launch/gpu.sh); ``jax.distributed`` is initialised
