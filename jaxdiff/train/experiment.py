@@ -67,7 +67,7 @@ def build_experiment(config, mesh=None) -> Experiment:
     With a ``config.msdiff`` section the network, its score functions and ``example_shape`` are
     those of :mod:`jaxdiff.train.msdiff` (conditional: ``C + C_y`` channels; multi-scale: the
     stage's coefficient block and multi-speed SDE); ``exp.sde`` stays the base SDE."""
-    from jaxdiff.models import get_model, init_params
+    from jaxdiff.models import get_model, init_compiler_options, init_params
     mesh = mesh or parallel.make_mesh(config.parallel.num_devices)
     sde = get_sde(config)
     ms_setup = None
@@ -104,7 +104,8 @@ def build_experiment(config, mesh=None) -> Experiment:
                       train_score_fn=train_score_fn, score_fn=score_fn, optimizer=optimizer,
                       example_shape=shape, state_shardings=shardings,
                       abstract_state=abstract_state,
-                      init=jax.jit(init, out_shardings=shardings), msdiff=ms_setup)
+                      init=jax.jit(init, out_shardings=shardings,
+                                   compiler_options=init_compiler_options()), msdiff=ms_setup)
 
 
 def _mirror_param_shardings(opt_state, params, pshard, rep):
