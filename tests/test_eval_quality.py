@@ -36,7 +36,8 @@ def _ctx(config, workdir, data_dir, samples):
 def test_digits_hook_separates_real_from_corrupted(digits_setup):
     config, workdir, data_dir = digits_setup
     xtr, _ = Q._all_images(config, data_dir, config.data.train_split)
-    assert xtr.shape[1:] == (16, 16, 1) and xtr.dtype == np.uint8
+    size = config.data.image_size
+    assert xtr.shape[1:] == (size, size, 1) and xtr.dtype == np.uint8
     rng = np.random.default_rng(0)
     real = xtr[rng.choice(len(xtr), 90, replace=False)].astype(np.float32) / 255.0 * 2 - 1
     blurred = 0.3 * real + 0.7 * real.mean(0)  # washed-out, mode-averaged "samples"
