@@ -11,6 +11,7 @@ def get_config():
     config.model.nf = 128
     config.model.num_layers = 3
     config.model.ema_rate = 0.999
+    config.training.ema_warmup = True  # a short run: without it the EMA keeps ~2% of the init
     config.data.dataset = "toy"
     config.data.toy = "mixture"
     config.data.dim = 2
