@@ -149,3 +149,20 @@ def test_cli_errors_name_the_problem(tmp_path):
                         f"--workdir={tmp_path / 'f' / 'run'}", "--config.training.sde=vp"],
                        env=_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "config.training.sde" in r.stderr, r.stderr[-1000:]
+
+
+def test_eval_at_end_appends_the_eval_report(tmp_path):
+    # a run that completes n_iters evaluates its final checkpoint in the same command; one cut
+    # short by --max_steps does not
+    extra = ["--config.training.eval_at_end=True", "--config.eval.num_samples=256"]
+    r = subprocess.run(_cmd(tmp_path, 4, "--max_steps=2", *extra), env=_env(),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["status"] == "max_steps" and "eval" not in out
+    r = subprocess.run(_cmd(tmp_path, 4, *extra), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["step"] == 4 and out["status"] == "done"
+    assert out["eval"]["step"] == 4 and np.isfinite(out["eval"]["held_out_loss"])
+    assert os.path.exists(os.path.join(tmp_path, "eval", "report_4.json"))
