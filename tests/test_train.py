@@ -142,3 +142,12 @@ def test_unwritable_or_invalid_workdir(tmp_path):
         ro.chmod(0o500)
         with pytest.raises(PermissionError, match="not writable"):
             check_workdir(str(ro / "run"))
+
+
+@pytest.mark.parametrize("key", ["training", "eval"])
+def test_batch_not_divisible_by_the_mesh_is_named(tmp_path, key):
+    c = tiny_toy_config()
+    c.parallel.num_devices = 8
+    c[key].batch_size = 60  # 60 % 8 == 4
+    with pytest.raises(ValueError, match=rf"config\.{key}\.batch_size=60 is not divisible by the 8"):
+        train(c, str(tmp_path / "run"), progress=False)

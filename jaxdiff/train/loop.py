@@ -127,6 +127,9 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     if t.batch_size % mesh.shape["data"]:
         raise ValueError(f"config.training.batch_size={t.batch_size} is not divisible by the "
                          f"{mesh.shape['data']} devices of the mesh")
+    if config.eval.batch_size % mesh.shape["data"]:
+        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} is not divisible by "
+                         f"the {mesh.shape['data']} devices of the mesh")
 
     data_dir = resolve_data_dir(config, workdir)
     data_iter = iter(train_dataset(config, data_dir, process_index=jax.process_index(),
