@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 __all__ = ["maybe_initialize_distributed", "make_mesh", "data_sharding", "replicated",
-           "param_shardings", "global_batch", "is_main_process"]
+           "param_shardings", "global_batch", "check_batch_size", "is_main_process"]
 
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE",
                 "SLURM_NTASKS", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -119,6 +119,14 @@ def param_shardings(params: Any, mesh: Mesh, *, fsdp: bool = False, min_size: in
         return replicated(mesh)
 
     return jax.tree.map(one, params)
+
+
+def check_batch_size(name: str, batch_size: int, mesh: Mesh) -> None:
+    """Raise a ``ValueError`` naming ``name`` (a config key, e.g. ``'config.eval.batch_size'``)
+    unless the global ``batch_size`` splits evenly over the ``'data'`` axis of ``mesh``."""
+    n = mesh.shape["data"]
+    if batch_size % n:
+        raise ValueError(f"{name}={batch_size} is not divisible by the {n} devices of the mesh")
 
 
 def global_batch(local: Any, mesh: Mesh, *, leading: int = 0) -> Any:

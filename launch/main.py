@@ -58,8 +58,7 @@ def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int
     if mode == "train":
         r = train(config, workdir, max_steps=max_steps or None)
         r = {k: v for k, v in r.items() if k in ("step", "status")}
-        if (config.training.get("eval_at_end", False) and r["status"] == "done"
-                and r["step"] >= config.training.n_iters):
+        if config.training.get("eval_at_end", False) and r["status"] == "done":
             # the finished run's numbers (bits/dim, sample quality) in the same command
             r["eval"] = run(config, workdir, "eval")
         return r

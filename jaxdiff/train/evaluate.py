@@ -87,9 +87,7 @@ def load_params(config, workdir: str, exp=None, *, step: Optional[int] = None,
 
 def _held_out_loss(ctx: EvalContext) -> float:
     c = ctx.config
-    if c.eval.batch_size % ctx.exp.mesh.shape["data"]:
-        raise ValueError(f"config.eval.batch_size={c.eval.batch_size} is not divisible by the "
-                         f"{ctx.exp.mesh.shape['data']} devices of the mesh")
+    parallel.check_batch_size("config.eval.batch_size", c.eval.batch_size, ctx.exp.mesh)
     step_fn = make_eval_step(get_loss_fn(c, ctx.exp.sde, ctx.exp.score_fn, train=False),
                              ctx.exp.mesh)
     ds = eval_dataset(c, ctx.data_dir, process_index=jax.process_index(),

@@ -124,12 +124,8 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     t = config.training
     exp = build_experiment(config)
     mesh, n_jit = exp.mesh, t.n_jitted_steps
-    if t.batch_size % mesh.shape["data"]:
-        raise ValueError(f"config.training.batch_size={t.batch_size} is not divisible by the "
-                         f"{mesh.shape['data']} devices of the mesh")
-    if config.eval.batch_size % mesh.shape["data"]:
-        raise ValueError(f"config.eval.batch_size={config.eval.batch_size} is not divisible by "
-                         f"the {mesh.shape['data']} devices of the mesh")
+    parallel.check_batch_size("config.training.batch_size", t.batch_size, mesh)
+    parallel.check_batch_size("config.eval.batch_size", config.eval.batch_size, mesh)
 
     data_dir = resolve_data_dir(config, workdir)
     data_iter = iter(train_dataset(config, data_dir, process_index=jax.process_index(),
