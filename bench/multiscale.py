@@ -3,7 +3,7 @@
 Same resolution, same number of steps, same predictor, same score network (a fully convolutional
 U-Net from ``jaxdiff.models``, randomly initialised: only the cost matters here). The uniform run is
 :func:`jaxdiff.samplers.pc_sampler` on the pixels; the multi-scale run is
-:func:`jaxdiff.multiscale.multiscale_sampler` with the settings of ``configs/msdiff_multiscale_*``.
+:func:`jaxdiff.multiscale.multiscale_sampler` with the settings of ``configs/msdiff_multiscale.py``.
 Prints one line per resolution with the measured and the pixel-proportional ("ideal") speed-up,
 next to the paper's 4.4x at 128x128 (Batzolis et al. 2022, measured on a GPU with per-scale
 NCSN++ networks).
@@ -35,7 +35,7 @@ from jaxdiff.multiscale import HaarMultiScale, ideal_speedup, multiscale_sampler
 from jaxdiff.samplers import pc_sampler  # noqa: E402
 from jaxdiff.sde import VPSDE  # noqa: E402
 
-# end times (T_1, ..., T_L) of the detail levels, as in configs/msdiff_multiscale_{32,64,128}.py
+# end times (T_1, ..., T_L) of the detail levels, as in configs/msdiff_multiscale.py:size=32|64|128
 END_TIMES = {32: (0.3, 0.6), 64: (0.2, 0.45, 0.7), 128: (0.15, 0.35, 0.6)}
 PAPER_SPEEDUP_128 = 4.4
 

@@ -7,8 +7,8 @@
 Conditional and multi-scale (MSDiff) configs run the same way (docs/msdiff.md); a multi-scale
 model samples from its per-stage runs:
 
-    python launch/main.py --config=configs/msdiff_digits_sr.py:cmde --workdir=runs/sr_cmde
-    python launch/main.py --config=configs/msdiff_multiscale_32.py:0 --workdir=runs/ms32 \
+    python launch/main.py --config=configs/msdiff_conditional.py:task=sr,estimator=cmde --workdir=runs/sr_cmde
+    python launch/main.py --config=configs/msdiff_multiscale.py:size=32,stage=0 --workdir=runs/ms32 \
         --mode=sample --stage_workdirs=runs/ms32_s0,runs/ms32_s1,runs/ms32_s2
 
 Any config key can be overridden: ``--config.training.batch_size=64``; an unknown key or a value

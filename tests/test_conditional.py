@@ -174,15 +174,15 @@ def _load_config(name, arg=None):
     return mod.get_config() if arg is None else mod.get_config(arg)
 
 
-@pytest.mark.parametrize("name", ["msdiff_digits_sr", "msdiff_digits_inpaint", "msdiff_digits_edges",
-                                  "msdiff_celeba_sr", "msdiff_celeba_inpaint",
-                                  "msdiff_celeba_edges", "msdiff_multiscale_32",
-                                  "msdiff_multiscale_64", "msdiff_multiscale_128"])
-def test_configs_validate(name):
+@pytest.mark.parametrize("name, arg", [
+    ("msdiff_conditional", f"dataset={d},task={t}") for d in ("digits", "celeba")
+    for t in ("sr", "inpaint", "edges")] + [
+    ("msdiff_multiscale", f"size={s}") for s in (32, 64, 128)])
+def test_configs_validate(name, arg):
     """Every msdiff config is a valid training config plus its ``msdiff`` section."""
     from jaxdiff import models
     from jaxdiff.train.config import validate_config
-    config = _load_config(name)
+    config = _load_config(name, arg)
     sec = config.msdiff
     core = config.copy_and_resolve_references()
     del core["msdiff"]
@@ -191,7 +191,7 @@ def test_configs_validate(name):
     if sec.mode == "conditional":
         cond.validate_section(sec)
         for est in cond.ESTIMATORS:
-            assert _load_config(name, est).msdiff.estimator == est
+            assert _load_config(name, f"{arg},estimator={est}").msdiff.estimator == est
     else:
         from jaxdiff import multiscale
         ms = multiscale.from_config(sec, VPSDE(), core.data.image_size, core.data.num_channels)
@@ -205,7 +205,7 @@ def test_digits_sr_training_loss_runs_on_the_network():
     """The plumbing a training loop needs: network with x+y channels, loss over image batches,
     gradients finite; the conditional sampler runs on the same network."""
     from jaxdiff import models, scores
-    config = _load_config("msdiff_digits_sr", "cmde")
+    config = _load_config("msdiff_conditional", "dataset=digits,task=sr,estimator=cmde")
     sec = config.msdiff
     size, ch = config.data.image_size, config.data.num_channels
     core = config.copy_and_resolve_references()

@@ -122,14 +122,14 @@ def test_command_line_overrides():
 
 
 def test_msdiff_section_is_validated():
-    path = os.path.join(ROOT, "configs", "msdiff_digits_sr.py")
+    path = os.path.join(ROOT, "configs", "msdiff_conditional.py")
     assert load_config(path).msdiff.estimator == "cmde"
     assert load_config(path, ["msdiff.y_speed=0.5"]).msdiff.y_speed == 0.5
     with pytest.raises(ConfigError, match=r"config\.msdiff\.estimator"):
         load_config(path, ["msdiff.estimator='cdx'"])
     with pytest.raises(ConfigError, match=r"config\.msdiff\.y_speed"):
         load_config(path, ["msdiff.y_speed=1.5"])
-    ms = os.path.join(ROOT, "configs", "msdiff_multiscale_32.py")
+    ms = os.path.join(ROOT, "configs", "msdiff_multiscale.py")
     assert tuple(load_config(ms).msdiff.end_times) == (0.3, 0.6)
     with pytest.raises(ConfigError, match=r"config\.msdiff\.stage"):
         load_config(ms, ["msdiff.stage=3"])
@@ -139,3 +139,93 @@ def test_msdiff_section_is_validated():
     c.msdiff.mode = "wavelets"
     with pytest.raises(ConfigError, match=r"config\.msdiff\.mode"):
         validate_config(c)
+
+
+def _variant(name, arg=None):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", os.path.join(ROOT, "configs",
+                                                                                f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = mod.get_config(arg)
+    validate_config(config)
+    return config
+
+
+# the nine former configs/msdiff_{digits,celeba}_{sr,inpaint,edges}.py, msdiff_multiscale_{32,64,128}.py
+# as variants: (arg) -> (dataset, image_size, model, batch_size, n_iters, msdiff keys)
+_CONDITIONAL = {
+    "dataset=digits,task=sr": ("digits", 16, "small_unet", 64, 4000,
+                               dict(task="super_resolution", factor=2)),
+    "dataset=digits,task=inpaint": ("digits", 16, "small_unet", 64, 4000,
+                                    dict(task="inpainting", mask="center")),
+    "dataset=digits,task=edges": ("digits", 16, "small_unet", 64, 4000, dict(task="edges")),
+    "dataset=celeba,task=sr": ("celeb_a", 64, "ncsnpp", 128, 1000001,
+                               dict(task="super_resolution", factor=4)),
+    "dataset=celeba,task=inpaint": ("celeb_a", 64, "ncsnpp", 128, 1000001,
+                                    dict(task="inpainting", mask="center")),
+    "dataset=celeba,task=edges": ("celeb_a", 64, "ncsnpp", 128, 1000001, dict(task="edges")),
+}
+
+
+@pytest.mark.parametrize("arg", sorted(_CONDITIONAL))
+@pytest.mark.parametrize("estimator", ["cde", "cdiffe", "cmde"])
+def test_msdiff_conditional_variants(arg, estimator):
+    dataset, size, model, batch, n_iters, sec = _CONDITIONAL[arg]
+    c = _variant("msdiff_conditional", f"{arg},estimator={estimator}")
+    assert (c.data.dataset, c.data.image_size, c.model.name) == (dataset, size, model)
+    assert (c.training.batch_size, c.training.n_iters) == (batch, n_iters)
+    assert c.msdiff.estimator == estimator and c.msdiff.y_speed == 0.25
+    assert {k: c.msdiff[k] for k in sec} == sec
+    assert c.data.num_channels == (1 if dataset == "digits" else 3)
+    assert c.data.random_flip == (dataset != "digits") and c.data.centered
+    assert not c.eval.enable_bpd and c.sampling.predictor == "euler_maruyama"
+    assert c.model.ema_rate == (0.999 if dataset == "digits" else 0.9999)
+
+
+@pytest.mark.parametrize("size, dataset, end_times, ch_mult, batch", [
+    (32, "cifar10", (0.3, 0.6), (1, 2, 2, 2), 128),
+    (64, "celeb_a", (0.2, 0.45, 0.7), (1, 2, 2, 2), 128),
+    (128, "celeb_a", (0.15, 0.35, 0.6), (1, 1, 2, 2, 2), 64),
+])
+def test_msdiff_multiscale_variants(size, dataset, end_times, ch_mult, batch):
+    for stage in range(len(end_times) + 1):
+        c = _variant("msdiff_multiscale", f"size={size},stage={stage}")
+        assert (c.data.dataset, c.data.image_size, c.data.num_channels) == (dataset, size, 3)
+        assert tuple(c.msdiff.end_times) == end_times and c.msdiff.stage == stage
+        assert tuple(c.model.ch_mult) == ch_mult and c.training.batch_size == batch
+        assert c.data.center_crop == (140 if dataset == "celeb_a" else 0)
+        assert c.sampling.num_steps == 1000
+    with pytest.raises(ValueError, match="stage"):
+        _variant("msdiff_multiscale", f"size={size},stage={len(end_times) + 1}")
+
+
+def test_config_arg_defaults_lone_value_and_errors():
+    assert _variant("msdiff_conditional").to_dict() == _variant(
+        "msdiff_conditional", "dataset=digits,task=sr,estimator=cmde").to_dict()
+    assert _variant("msdiff_conditional", "cde").msdiff.estimator == "cde"       # lone value
+    assert _variant("msdiff_multiscale", "2").msdiff.stage == 2
+    assert _variant("msdiff_multiscale").msdiff.end_times == (0.3, 0.6)
+    with pytest.raises(ValueError, match="'datset' unknown"):
+        _variant("msdiff_conditional", "datset=celeba")
+    with pytest.raises(ValueError, match="task='sr4'"):
+        _variant("msdiff_conditional", "task=sr4")
+    with pytest.raises(ValueError, match="size='48'"):
+        _variant("msdiff_multiscale", "size=48")
+    with pytest.raises(ValueError, match="stage='one': expected int"):
+        _variant("msdiff_multiscale", "stage=one")
+    with pytest.raises(ValueError, match="estimator"):
+        _variant("msdiff_conditional", "estimator=cfg")
+
+
+def test_config_arg_on_the_command_line():
+    path = os.path.join(ROOT, "configs", "msdiff_conditional.py")
+    argv = ["prog", f"--config={path}:dataset=celeba,task=inpaint,estimator=cdiffe",
+            "--config.msdiff.y_speed=0.5"]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True,
+                                    sys_argv=argv)
+    fv(argv)
+    c = fv.config
+    assert (c.data.dataset, c.msdiff.task, c.msdiff.estimator) == ("celeb_a", "inpainting", "cdiffe")
+    assert c.msdiff.y_speed == 0.5

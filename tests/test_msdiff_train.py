@@ -46,7 +46,7 @@ def _tiny(config, n_iters=4):
 
 
 def sr_config(estimator, **kw):
-    return _tiny(_load(ROOT / "configs" / "msdiff_digits_sr.py", "msdiff_digits_sr", estimator),
+    return _tiny(_load(ROOT / "configs" / "msdiff_conditional.py", "msdiff_conditional", estimator),
                  **kw)
 
 
