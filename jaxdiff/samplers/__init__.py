@@ -9,7 +9,7 @@ from jaxdiff.samplers.ddim import ddim_integrate, ddim_sampler, ddim_step
 from jaxdiff.samplers.dpm_solver import (data_prediction, dpm_solver_pp_integrate, dpm_solver_pp_sampler,
                                         inverse_lambda, log_alpha_sigma, marginal_lambda, time_grid)
 from jaxdiff.samplers.edm import edm_integrate, edm_sampler, karras_sigmas
-from jaxdiff.samplers.ode import get_solver, ode_sampler, solve_ode
+from jaxdiff.samplers.ode import get_solver, ode_integrate, ode_sampler, solve_ode
 from jaxdiff.samplers.pc import constrain, pc_loop, pc_sampler, pc_step
 from jaxdiff.samplers.predictors import (
     CORRECTORS, PREDICTORS, Step, ald, ancestral, euler_maruyama, get_corrector, get_predictor,
@@ -18,7 +18,7 @@ from jaxdiff.samplers.registry import (available_samplers, get_sampler, num_step
                                       register_sampler)
 
 __all__ = [
-    "pc_sampler", "pc_step", "pc_loop", "constrain", "ode_sampler", "solve_ode", "get_solver",
+    "pc_sampler", "pc_step", "pc_loop", "constrain", "ode_sampler", "ode_integrate", "solve_ode", "get_solver",
     "Step", "PREDICTORS", "CORRECTORS", "register_predictor", "register_corrector",
     "get_predictor", "get_corrector", "euler_maruyama", "reverse_diffusion", "ancestral",
     "langevin", "ald",

@@ -13,7 +13,7 @@ from jaxdiff.samplers.predictors import reverse_diffusion
 
 Array = jax.Array
 
-__all__ = ["ode_sampler", "get_solver", "solve_ode"]
+__all__ = ["ode_sampler", "ode_integrate", "get_solver", "solve_ode"]
 
 # Vector-field evaluations of one diffrax solve with dt0=None (initial step selection included),
 # as a function of the number of steps taken (accepted + rejected); checked in tests/test_ode.py.
@@ -51,6 +51,44 @@ def solve_ode(vector_field, y0, t0: float, t1: float, args, *, solver: str = "do
     return y1, nfe_of(sol.stats["num_steps"]).astype(jnp.int32)
 
 
+def bind_cond(score_fn, cond):
+    """``score_fn`` itself when ``cond`` is None, else ``(params, x, t) -> score_fn(params, x, t,
+    cond)`` (the one conditional-score convention: condition fourth, positional)."""
+    if cond is None:
+        return score_fn
+    return lambda params, x, t: score_fn(params, x, t, cond)
+
+
+def ode_integrate(sde, score_fn, params, x, t0, t1, *, solver: str = "dopri5",
+                  rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 8192, sharding=None,
+                  cond=None):
+    """Integrate the probability-flow ODE of ``sde`` from ``t0`` to ``t1`` (adaptive, diffrax).
+
+    Args:
+      sde: the forward SDE.
+      score_fn: ``score_fn(params, x, t)``, or ``score_fn(params, x, t, cond)`` when ``cond`` is
+        given.
+      params: the score function's parameters.
+      x: the ``(B, ...)`` state at ``t0``.
+      t0, t1: start and end time (``t0 > t1`` integrates backwards, as when sampling).
+      solver, rtol, atol, max_steps: see :func:`solve_ode`.
+      sharding: optional sharding of the state.
+      cond: optional condition passed to the score as its fourth argument.
+
+    Returns:
+      ``(x(t1), nfe)``, ``nfe`` the int32 number of score evaluations.
+    """
+    rsde = sde.reverse(bind_cond(score_fn, cond), probability_flow=True)
+    batch = x.shape[0]
+
+    def vector_field(t, y, params):
+        drift, _ = rsde.sde(params, y, jnp.full((batch,), t, y.dtype))
+        return constrain(drift.astype(y.dtype), sharding)
+
+    return solve_ode(vector_field, x, t0, t1, params, solver=solver, rtol=rtol, atol=atol,
+                     max_steps=max_steps)
+
+
 def ode_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 1e-5, atol: float = 1e-5,
                 solver: str = "dopri5", eps: float = 1e-3, denoise: bool = False,
                 dtype=jnp.float32, sharding=None, max_steps: int = 8192):
@@ -69,20 +107,15 @@ def ode_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 1e-5, at
       ``sample(params, key) -> (x, nfe)``, jitted; ``nfe`` counts every score evaluation.
     """
     get_solver(solver)  # validate the name now, not at the first call
-    rsde = sde.reverse(score_fn, probability_flow=True)
     batch = shape[0]
     denoiser = reverse_diffusion(sde, score_fn, probability_flow=False)
-
-    def vector_field(t, x, params):
-        drift, _ = rsde.sde(params, x, jnp.full((batch,), t, x.dtype))
-        return constrain(drift, sharding)
 
     @jax.jit
     def sample(params, key):
         k_prior, k_denoise = jax.random.split(key)
         x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
-        x, nfe = solve_ode(vector_field, x, sde.T, eps, params, solver=solver, rtol=rtol,
-                           atol=atol, max_steps=max_steps)
+        x, nfe = ode_integrate(sde, score_fn, params, x, sde.T, eps, solver=solver, rtol=rtol,
+                               atol=atol, max_steps=max_steps, sharding=sharding)
         if denoise:
             _, x = denoiser.update(params, k_denoise, x, jnp.full((batch,), eps, x.dtype))
             nfe = nfe + 1
