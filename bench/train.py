@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxdiff import parallel  # noqa: E402
 from jaxdiff.train import load_config  # noqa: E402
-from jaxdiff.train.experiment import build_experiment  # noqa: E402
-from jaxdiff.train.step import get_loss_fn, jit_train_step, make_train_step  # noqa: E402
+from jaxdiff.tasks import get_task  # noqa: E402
+from jaxdiff.train.step import jit_train_step, make_train_step  # noqa: E402
 
 
 def _time(fn, steps):
@@ -44,9 +44,9 @@ def main(argv=None):
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     c = load_config(a.config, a.override)
-    exp = build_experiment(c)
+    exp = get_task(c)
     n = a.n_jitted_steps
-    loss_fn = get_loss_fn(c, exp.sde, exp.train_score_fn, train=True)
+    loss_fn = exp.train_loss
     step = jit_train_step(make_train_step(loss_fn, exp.optimizer, ema_rate=c.model.ema_rate),
                           exp.mesh, exp.state_shardings)
     state = exp.init(jax.random.PRNGKey(0))

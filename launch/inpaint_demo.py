@@ -51,7 +51,7 @@ def inpaint(config, workdir, *, num_digits=8, num_draws=4, method="pc", num_step
     from jaxdiff import inverse as inv
     from jaxdiff.data import eval_dataset, resolve_data_dir
     from jaxdiff.inverse.smc import smc_inverse_sampler
-    from jaxdiff.train.evaluate import load_params
+    from jaxdiff.tasks import load_params
 
     params, step, exp = load_params(config, workdir)
     shape = exp.example_shape

@@ -22,11 +22,16 @@ automatically on a Cloud TPU pod / SLURM / Open MPI, or with
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
+
+from jaxdiff.data import DatasetNotFound
+from jaxdiff.tasks import get_task
+from jaxdiff.train import ConfigError, train
+from jaxdiff.train.evaluate import evaluate, sample
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
@@ -44,36 +49,28 @@ def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int
         stage_workdirs=None) -> dict:
     """Run ``mode`` ('train' | 'eval' | 'sample') of ``config`` in ``workdir``; return its
     result dict (see :func:`jaxdiff.train.train`, :func:`jaxdiff.train.evaluate.evaluate`,
-    :func:`jaxdiff.train.evaluate.sample`). Configs with a ``msdiff`` section evaluate and
-    sample through :mod:`jaxdiff.train.msdiff` (conditional samples ``x | y`` of held-out
-    observations; a multi-scale model from ``stage_workdirs``, the runs of stages 0..L)."""
-    from jaxdiff.train import train
-    from jaxdiff.train.evaluate import evaluate, sample
-    if mode in ("eval", "sample") and config.get("msdiff", None) is not None:
-        from jaxdiff.train import msdiff
-        if mode == "eval":
-            return msdiff.evaluate(config, workdir)
-        return msdiff.sample(config, workdir, num_samples=num_samples or None,
-                             stage_workdirs=stage_workdirs)
+    :func:`jaxdiff.train.evaluate.sample`). The task is built once from the config
+    (:func:`jaxdiff.tasks.get_task`: unconditional score SDE, or the MSDiff task of a config's
+    ``msdiff`` section) and run the same way whatever it is; ``stage_workdirs`` (the runs of
+    stages 0..L) is read by the multi-scale task's sampling."""
+    if mode not in ("train", "eval", "sample"):
+        raise ValueError(f"--mode must be train, eval or sample, got {mode!r}")
+    task = get_task(config)
     if mode == "train":
-        r = train(config, workdir, max_steps=max_steps or None)
+        r = train(task, workdir, max_steps=max_steps or None)
         r = {k: v for k, v in r.items() if k in ("step", "status")}
         if config.training.get("eval_at_end", False) and r["status"] == "done":
             # the finished run's numbers (bits/dim, sample quality) in the same command
-            r["eval"] = run(config, workdir, "eval")
+            r["eval"] = evaluate(task, workdir)
         return r
     if mode == "eval":
-        return evaluate(config, workdir)
-    if mode == "sample":
-        return sample(config, workdir, num_samples=num_samples or None)
-    raise ValueError(f"--mode must be train, eval or sample, got {mode!r}")
+        return evaluate(task, workdir)
+    return sample(task, workdir, num_samples=num_samples or None, stage_workdirs=stage_workdirs)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from jaxdiff.data import DatasetNotFound
-    from jaxdiff.train.config import ConfigError
     try:
         result = run(FLAGS.config, FLAGS.workdir, FLAGS.mode, num_samples=FLAGS.num_samples,
                      max_steps=FLAGS.max_steps, stage_workdirs=FLAGS.stage_workdirs)
@@ -81,7 +78,6 @@ def main(argv):
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    import jax
     if jax.process_index() == 0:
         print(json.dumps(result, default=float))
 

@@ -25,8 +25,7 @@ def _config(n_iters):
 
 @pytest.mark.slow
 def test_short_training_beats_untrained_and_bpd_is_near_the_bound(tmp_path):
-    from jaxdiff.train import train
-    from jaxdiff.train.evaluate import evaluate
+    from jaxdiff.tasks import evaluate, train
     reports = {}
     for name, steps in (("untrained", 1), ("trained", STEPS)):
         config = _config(steps)

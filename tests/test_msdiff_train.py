@@ -15,10 +15,9 @@ import pytest
 from jaxdiff import conditional, multiscale
 from jaxdiff.data import resolve_data_dir, train_dataset
 from jaxdiff.scores import get_score_fn
-from jaxdiff.train import ConfigError, train
-from jaxdiff.train import msdiff as msdiff_lib
-from jaxdiff.train.experiment import build_experiment
-from jaxdiff.train.step import get_loss_fn
+from jaxdiff.tasks import get_task, load_params, train
+from jaxdiff.tasks import msdiff as msdiff_lib
+from jaxdiff.train import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -99,7 +98,7 @@ def _check_conditional_wiring(config, exp, params, images):
     the other estimator's on the same key (so a plain DSM loss or a wrong estimator fails)."""
     key = jax.random.PRNGKey(7)
     sec = config.msdiff
-    wired_fn = get_loss_fn(config, exp.sde, exp.score_fn, train=False)
+    wired_fn = exp.eval_loss
 
     def lib_fn(estimator):
         s = sec.copy_and_resolve_references()
@@ -138,7 +137,7 @@ def test_conditional_network_and_loss_wiring(tmp_path, estimator):
     """No training: the experiment of a conditional config has the x + y channel network, and
     get_loss_fn is the library's conditional loss of the configured estimator."""
     config = sr_config(estimator)
-    exp = build_experiment(config)
+    exp = get_task(config)
     assert exp.msdiff.image_shape == (16, 16, 1) and exp.msdiff.net_shape == (16, 16, 2)
     params = _random_params(exp, scale=0.3)   # large enough that y moves the output
     _check_conditional_network(exp, params)
@@ -183,7 +182,6 @@ def test_conditional_cmde_trains_resumes_and_samples(tmp_path):
     scale = int(np.ceil(256 / (3 * 17 + 1)))
     assert grid.shape == ((3 * 17 + 1) * scale, (2 * (3 * 16 + 5) + 1) * scale)
 
-    from jaxdiff.train.evaluate import load_params
     params, step, exp = load_params(config, str(wd))
     _check_conditional_network(exp, params)
     _check_conditional_wiring(config, exp, _perturbed(params), _batch(config, wd))
@@ -205,7 +203,7 @@ def test_conditional_cde_run_with_snapshot_and_eval(tmp_path):
     assert np.isfinite(rep["held_out_loss"]) and "bits_per_dim" in rep["skipped"]
     assert "quality_metrics" in rep["skipped"] and "bits_per_dim" not in rep
     assert np.isfinite(rep["conditional_psnr"]) and rep["msdiff_mode"] == "conditional"
-    exp = build_experiment(config)
+    exp = get_task(config)
     params = _perturbed(exp.init(jax.random.PRNGKey(0)).params)
     _check_conditional_network(exp, params)
     _check_conditional_wiring(config, exp, params, _batch(config, wd))
@@ -231,7 +229,7 @@ def test_multiscale_stage_network_score_and_loss(stage):
     """Stage s: the network at (16 / 2^s)^2, the score of ms.sde(s) and the library's
     multiscale_loss (a plain DSM loss, or the base SDE's score, would differ)."""
     config = ms_config(stage)
-    exp = build_experiment(config)
+    exp = get_task(config)
     size = 16 // 2**stage
     assert exp.example_shape == (size, size, 1) and exp.msdiff.stage == stage
     ms = exp.msdiff.ms
@@ -244,7 +242,7 @@ def test_multiscale_stage_network_score_and_loss(stage):
     key = jax.random.PRNGKey(5)
     c = jax.random.normal(key, (2, size, size, 1))
     t = jnp.array([0.2, 0.3]) if stage == 0 else jnp.array([0.6, 0.7])
-    wired_fn = get_loss_fn(config, exp.sde, exp.score_fn, train=False)
+    wired_fn = exp.eval_loss
     lib_fn = multiscale.multiscale_loss(ms, stage, get_score_fn(ms.sde(stage), exp.model))
 
     def all_(p):
@@ -287,7 +285,6 @@ def test_multiscale_stage_trains_and_resumes(ms_runs, stage):
     assert all(np.isfinite(v) for v in {**r1["losses"], **r2["losses"]}.values())
     assert np.isfinite(r1["eval"][2]) and np.isfinite(r2["eval"][4])
     assert not (wd / "samples").exists()   # single-stage snapshot sampling is skipped (logged)
-    from jaxdiff.train.evaluate import load_params
     params, step, exp = load_params(config, str(wd))
     size = 16 // 2**stage
     assert step == 4 and exp.model.apply({"params": params}, jnp.zeros((1, size, size, 1)),

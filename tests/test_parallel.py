@@ -10,8 +10,8 @@ from jaxdiff.data import train_dataset
 from jaxdiff.models import configs as model_configs
 from jaxdiff.train import checkpoint as ckpt
 from jaxdiff.train import get_default_config
-from jaxdiff.train.experiment import build_experiment
-from jaxdiff.train.step import get_loss_fn, jit_train_step, make_train_step
+from jaxdiff.tasks import get_task
+from jaxdiff.train.step import jit_train_step, make_train_step
 
 
 def _config(num_devices, fsdp=False):
@@ -28,8 +28,8 @@ def _config(num_devices, fsdp=False):
 
 
 def _run(config, n_steps):
-    exp = build_experiment(config)
-    lf = get_loss_fn(config, exp.sde, exp.train_score_fn, train=True)
+    exp = get_task(config)
+    lf = exp.train_loss
     step = jit_train_step(make_train_step(lf, exp.optimizer, ema_rate=0.9), exp.mesh,
                           exp.state_shardings)
     state = exp.init(jax.random.PRNGKey(0))
@@ -88,7 +88,7 @@ def test_checkpoint_saved_on_8_devices_restores_on_1(tmp_path):
     ckpt.save(m, 2, s8, config=exp8.config)
     m.wait_until_finished()
     m.close()
-    exp1 = build_experiment(_config(1))
+    exp1 = get_task(_config(1))
     state, meta = ckpt.restore_latest(str(tmp_path), exp1.abstract_state)
     assert meta["step"] == 2 and meta["device_count"] == jax.device_count()
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(s8)):

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.train import NonFiniteLoss, ema_update, get_default_config, lr_schedule, train
+from jaxdiff.tasks import get_task, train
+from jaxdiff.train import NonFiniteLoss, ema_update, get_default_config, lr_schedule
 from jaxdiff.train import checkpoint as ckpt
 from jaxdiff.train import loop as loop_lib
-from jaxdiff.train.experiment import build_experiment, check_workdir
-from jaxdiff.train.step import get_loss_fn, jit_train_step, make_train_step
+from jaxdiff.train.experiment import check_workdir
+from jaxdiff.train.step import jit_train_step, make_train_step
 from jaxdiff import parallel
 from jaxdiff.data import train_dataset
 from jaxdiff.models import configs as model_configs
@@ -67,8 +68,8 @@ def test_clipping_bounds_the_update():
 
 
 def _losses(config, n_steps, n_jit):
-    exp = build_experiment(config)
-    lf = get_loss_fn(config, exp.sde, exp.train_score_fn, train=True)
+    exp = get_task(config)
+    lf = exp.train_loss
     step = jit_train_step(make_train_step(lf, exp.optimizer, ema_rate=0.9), exp.mesh,
                           exp.state_shardings)
     state = exp.init(jax.random.PRNGKey(0))

@@ -1,7 +1,8 @@
 """Sample-quality metrics for ``launch/main.py --mode=eval`` (an evaluation hook).
 
-:func:`quality_metrics` is registered with :func:`jaxdiff.train.evaluate.register_eval_hook`. From
-the samples the evaluation draws once (``ctx.samples()``) it computes
+:func:`quality_metrics` runs as the ``quality_metrics`` evaluator of
+:func:`jaxdiff.eval.evaluators.from_config`. From the samples the evaluation draws once
+(``ctx.samples()``) it computes
 
 * for the embedded digits: the digits classifier metrics (:mod:`jaxdiff.eval.digits`), the
   classifier trained once on the training split and cached in ``<workdir>/eval/``;
@@ -24,8 +25,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxdiff.data import eval_dataset
+from jaxdiff.data.pipeline import get_source
 from jaxdiff.eval import digits as digits_lib
 from jaxdiff.eval import metrics
+from jaxdiff.eval.features import cached_statistics, extract_features, inception_feature_fn
 
 __all__ = ["quality_metrics", "to_unit_range", "digits_quality", "inception_quality"]
 
@@ -45,8 +49,6 @@ def to_unit_range(samples, centered: bool) -> np.ndarray:
 def _split_images(config, data_dir: str, split: str, max_examples: int | None = None,
                   batch_size: int | None = None):
     """Yield ``{'image': uint8 (B, H, W, C), 'label': (B,)}`` batches of a split, unshuffled."""
-    from jaxdiff.data import eval_dataset
-    from jaxdiff.data.pipeline import get_source
     cfg = copy.deepcopy(config)
     cfg.data.eval_split = split
     n = len(get_source(cfg, split, data_dir))
@@ -94,7 +96,6 @@ def inception_quality(config, samples01: np.ndarray, *, workdir: str, data_dir: 
     computed once and cached in ``<workdir>/eval/``; the cache is keyed by dataset, split,
     resolution, count and the weights file (path, size, mtime).
     """
-    from jaxdiff.eval.features import cached_statistics, extract_features, inception_feature_fn
     e, d = config.eval, config.data
     weights = e.inception_weights
     fn, params = inception_feature_fn(weights, mesh)
@@ -125,7 +126,8 @@ def inception_quality(config, samples01: np.ndarray, *, workdir: str, data_dir: 
 
 
 def quality_metrics(ctx: Any) -> dict:
-    """Evaluation hook: ``ctx`` is :class:`jaxdiff.train.evaluate.EvalContext`; returns metrics."""
+    """Sample-quality metrics: ``ctx`` is :class:`jaxdiff.eval.evaluators.EvalContext` (or anything
+    with ``config``, ``samples()``, ``key``, ``workdir``, ``data_dir``); returns a dict."""
     c = ctx.config
     if c.data.dataset == "toy" or not _get(c.eval, "enable_sampling", True):
         return {}
@@ -141,5 +143,5 @@ def quality_metrics(ctx: Any) -> dict:
                                   key=k_digits))
     if want_inception:
         out.update(inception_quality(c, x01, workdir=ctx.workdir, data_dir=ctx.data_dir,
-                                     key=k_kid, mesh=getattr(ctx.exp, "mesh", None)))
+                                     key=k_kid, mesh=getattr(ctx, "mesh", None)))
     return out

@@ -11,12 +11,17 @@ validated by building the network with :func:`jaxdiff.models.get_model`. Errors 
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 from typing import Any, Sequence
 
 import ml_collections
 
+from jaxdiff.conditional import validate_section
+from jaxdiff.models import get_model
+from jaxdiff.samplers import CORRECTORS, PREDICTORS
+from jaxdiff.samplers.registry import available_samplers
 from jaxdiff.train.defaults import get_default_config
 
 __all__ = ["validate_config", "load_config", "ConfigError"]
@@ -25,14 +30,6 @@ SDES = ("vpsde", "subvpsde", "vesde")
 METHODS = ("pc", "ode")
 OPTIMIZERS = ("adam", "adamw")
 TOYS = ("mixture", "checkerboard", "rings")
-
-
-def _sampler_names() -> list:
-    try:
-        from jaxdiff.samplers.registry import available_samplers
-        return available_samplers()
-    except ImportError:  # the fast samplers are optional
-        return list(METHODS)
 
 
 class ConfigError(ValueError):
@@ -86,7 +83,6 @@ def _check_msdiff(sec, config) -> None:
     mode = sec.get("mode", None)
     try:
         if mode == "conditional":
-            from jaxdiff.conditional import validate_section
             validate_section(sec)
         elif mode == "multiscale":
             allowed = {"mode", "end_times", "stage"}
@@ -147,12 +143,11 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     tr, sa, da, op = config.training, config.sampling, config.data, config.optim
     if tr.sde not in SDES:
         raise ConfigError(f"config.training.sde: must be one of {SDES}, got {tr.sde!r}")
-    methods = _sampler_names()
+    methods = available_samplers()
     if sa.method not in methods:
         raise ConfigError(f"config.sampling.method: must be one of {methods}, got {sa.method!r}")
     if op.optimizer.lower() not in OPTIMIZERS:
         raise ConfigError(f"config.optim.optimizer: must be 'Adam' or 'AdamW', got {op.optimizer!r}")
-    from jaxdiff.samplers import CORRECTORS, PREDICTORS
     if sa.predictor != "none" and sa.predictor not in PREDICTORS:
         raise ConfigError(f"config.sampling.predictor: must be 'none' or one of "
                           f"{sorted(PREDICTORS)}, got {sa.predictor!r}")
@@ -174,7 +169,6 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     ema = config.model.get("ema_rate", 0.999)
     if not 0.0 <= ema < 1.0:
         raise ConfigError(f"config.model.ema_rate: must be in [0, 1), got {ema!r}")
-    from jaxdiff.models import get_model
     try:
         get_model(config)
     except ValueError as e:  # name the section in the message
@@ -193,7 +187,6 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     Returns:
       The validated ``ConfigDict``.
     """
-    import ast
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location("_jaxdiff_config", path)

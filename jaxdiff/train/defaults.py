@@ -124,6 +124,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     parallel.process_id = -1
 
     config.seed = 42
+    # the task (jaxdiff.tasks registry): 'score_sde' (unconditional score-SDE training; a config
+    # with an ``msdiff`` section runs the MSDiff task of its ``msdiff.mode``) or a registered name
+    config.task = "score_sde"
     return config
 
 

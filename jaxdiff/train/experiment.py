@@ -1,41 +1,18 @@
-"""What every mode needs from a config: the SDE, the network, score functions, the optimiser,
-and the (abstract) train state with its shardings on the mesh."""
+"""The run directory check and the (abstract) train state with its shardings on the mesh: what
+every task (:mod:`jaxdiff.tasks`) builds its state with."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
-from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from jaxdiff import parallel
-from jaxdiff.data import example_shape
-from jaxdiff.train.state import TrainState, get_optimizer, init_state
-from jaxdiff.train.step import get_score_fns, get_sde
+from jaxdiff.models import init_compiler_options, init_params
+from jaxdiff.train.state import TrainState, init_state
 
-__all__ = ["Experiment", "build_experiment", "check_workdir"]
-
-
-@dataclasses.dataclass
-class Experiment:
-    """Built once per run. ``init(key) -> TrainState`` is jitted with ``state_shardings``;
-    ``abstract_state`` carries those shardings (for checkpoint restores)."""
-
-    config: Any
-    mesh: Any
-    sde: Any
-    model: Any
-    train_score_fn: Callable
-    score_fn: Callable
-    optimizer: Any
-    example_shape: tuple
-    state_shardings: Any
-    abstract_state: Any
-    init: Callable
-    msdiff: Any = None  # jaxdiff.train.msdiff.MSDiffSetup of a config.msdiff run, else None
+__all__ = ["build_state", "check_workdir"]
 
 
 def check_workdir(workdir: str) -> str:
@@ -61,32 +38,19 @@ def check_workdir(workdir: str) -> str:
     return path
 
 
-def build_experiment(config, mesh=None) -> Experiment:
-    """Build the pieces of a run from a validated config on ``mesh`` (default: all devices).
+def build_state(config, model, shape: tuple, optimizer, mesh):
+    """The train state of ``model`` (inputs of ``shape``) with ``optimizer`` on ``mesh``.
 
-    With a ``config.msdiff`` section the network, its score functions and ``example_shape`` are
-    those of :mod:`jaxdiff.train.msdiff` (conditional: ``C + C_y`` channels; multi-scale: the
-    stage's coefficient block and multi-speed SDE); ``exp.sde`` stays the base SDE."""
-    from jaxdiff.models import get_model, init_compiler_options, init_params
-    mesh = mesh or parallel.make_mesh(config.parallel.num_devices)
-    sde = get_sde(config)
-    ms_setup = None
-    if config.get("msdiff", None) is not None:
-        from jaxdiff.train import msdiff
-        ms_setup = msdiff.setup(config, sde)
-    if ms_setup is None:
-        model = get_model(config)
-        train_score_fn, score_fn = get_score_fns(config, model, sde)
-        shape = example_shape(config)
-    else:
-        model = get_model(ms_setup.net_config)
-        train_score_fn, score_fn = msdiff.get_score_fns(config, model, sde, ms_setup)
-        shape = example_shape(ms_setup.net_config)
-    optimizer = get_optimizer(config.optim)
+    Returns:
+      ``(init, state_shardings, abstract_state)``: ``init(key) -> TrainState`` jitted with
+      ``out_shardings=state_shardings`` (params replicated, or FSDP-sharded over ``'data'`` per
+      ``config.training.fsdp`` / ``fsdp_min_size``, optimiser moments mirroring them);
+      ``abstract_state`` carries those shardings (for checkpoint restores).
+    """
 
     def init(key):
         k_params, k_state = jax.random.split(key)
-        params = init_params(k_params, model, (1,) + shape)
+        params = init_params(k_params, model, (1,) + tuple(shape))
         return init_state(params, optimizer, k_state)
 
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -100,12 +64,8 @@ def build_experiment(config, mesh=None) -> Experiment:
                            rng=rep)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    return Experiment(config=config, mesh=mesh, sde=sde, model=model,
-                      train_score_fn=train_score_fn, score_fn=score_fn, optimizer=optimizer,
-                      example_shape=shape, state_shardings=shardings,
-                      abstract_state=abstract_state,
-                      init=jax.jit(init, out_shardings=shardings,
-                                   compiler_options=init_compiler_options()), msdiff=ms_setup)
+    return (jax.jit(init, out_shardings=shardings, compiler_options=init_compiler_options()),
+            shardings, abstract_state)
 
 
 def _mirror_param_shardings(opt_state, params, pshard, rep):

@@ -1,18 +1,21 @@
 """The training loop: read it top to bottom.
 
-``train(config, workdir)``:
+``train(task, workdir)``, where ``task`` (:func:`jaxdiff.tasks.get_task`, built once from the
+config, with ``jax.distributed`` initialised and the mesh made) owns the SDE, network, score
+functions, losses, optimiser, sharded state, evaluators and snapshot sampling; the loop never asks
+which task it runs (``jaxdiff.tasks.train(config, workdir)`` builds the task from a config):
 
-1. validate the config, initialise ``jax.distributed`` on several hosts, build the mesh;
-2. build the experiment (SDE, network, score functions, optimiser, sharded state) and the
-   host-sharded grain stream;
+1. check the frequencies and batch sizes; open the host-sharded grain stream;
+2. build the jitted, donated train step from ``task.train_loss``;
 3. resume from the latest checkpoint in ``<workdir>/checkpoints`` (state and data position) or
    initialise;
 4. loop: ``n_jitted_steps`` host batches -> one global array -> one jitted, donated step;
    every ``log_freq`` steps the pending losses come to the host (the only host round-trip),
    are checked for NaN / Inf, written to TensorBoard (``<workdir>/tb``) and
    ``<workdir>/metrics.jsonl``, and shown in the progress bar; every ``eval_freq`` steps the
-   held-out loss of the EMA params; every ``snapshot_freq`` steps samples from the EMA params
-   (PNG grid, or scatter + sliced Wasserstein distance for toy data);
+   task's periodic evaluators (the held-out loss) on the EMA params, the same evaluators
+   ``--mode=eval`` runs; every ``snapshot_freq`` steps ``task.snapshot`` (a PNG grid, or a
+   scatter + sliced Wasserstein distance for toy data);
 5. checkpoints (asynchronous) every ``snapshot_freq_for_preemption`` / ``snapshot_freq`` steps, at
    the end, and on SIGTERM / ``reached_preemption`` (then it returns ``status='preempted'``).
 
@@ -28,18 +31,20 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from tqdm import tqdm
+
 from jaxdiff import parallel
-from jaxdiff.data import eval_dataset, resolve_data_dir, train_dataset
+from jaxdiff.data import resolve_data_dir, train_dataset
+from jaxdiff.eval.evaluators import run_evaluators
 from jaxdiff.train import checkpoint as ckpt
-from jaxdiff.train.config import validate_config
-from jaxdiff.train.experiment import build_experiment, check_workdir
-from jaxdiff.train.step import get_loss_fn, jit_train_step, make_eval_step, make_train_step
+from jaxdiff.train.evaluate import eval_context
+from jaxdiff.train.experiment import check_workdir
+from jaxdiff.train.step import jit_train_step, make_train_step
 
 __all__ = ["train", "NonFiniteLoss"]
 
@@ -101,12 +106,12 @@ def _validate_freqs(config) -> None:
                              f"config.training.n_jitted_steps={t.n_jitted_steps}")
 
 
-def train(config, workdir: str, *, max_steps: Optional[int] = None,
+def train(task, workdir: str, *, max_steps: Optional[int] = None,
           progress: bool = True) -> dict:
-    """Train (or resume) the run in ``workdir``.
+    """Train (or resume) the run of ``task`` in ``workdir``.
 
     Args:
-      config: an experiment config (validated here).
+      task: the run's task (:func:`jaxdiff.tasks.get_task`; its config is validated there).
       workdir: run directory (created; must be writable). Checkpoints, TensorBoard events,
         ``metrics.jsonl``, sample grids and ``tfds/`` (the built digits) go there.
       max_steps: stop after this many steps in this call (tests; the checkpoint is written).
@@ -114,16 +119,18 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
 
     Returns:
       ``{'step', 'status' ('done' | 'preempted' | 'max_steps'), 'losses' {step: loss},
-      'eval' {step: held-out loss}, 'sw' {step: sliced Wasserstein}}`` of this call.
+      'eval' {step: held-out loss}, 'sw' {step: sliced Wasserstein of a snapshot}}`` of this
+      call.
     """
-    validate_config(config)
+    if not hasattr(task, "train_loss"):
+        raise TypeError(f"train takes a task (jaxdiff.tasks.get_task(config)), got "
+                        f"{type(task).__name__}; jaxdiff.tasks.train(config, workdir) builds it")
+    config = task.config
     _validate_freqs(config)
-    parallel.maybe_initialize_distributed(config.parallel)
     workdir = check_workdir(workdir)
     main = parallel.is_main_process()
     t = config.training
-    exp = build_experiment(config)
-    mesh, n_jit = exp.mesh, t.n_jitted_steps
+    mesh, n_jit = task.mesh, t.n_jitted_steps
     parallel.check_batch_size("config.training.batch_size", t.batch_size, mesh)
     parallel.check_batch_size("config.eval.batch_size", config.eval.batch_size, mesh)
 
@@ -131,31 +138,28 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     data_iter = iter(train_dataset(config, data_dir, process_index=jax.process_index(),
                                    process_count=jax.process_count()))
 
-    loss_fn = get_loss_fn(config, exp.sde, exp.train_score_fn, train=True)
-    step_fn = jit_train_step(make_train_step(loss_fn, exp.optimizer,
+    step_fn = jit_train_step(make_train_step(task.train_loss, task.optimizer,
                                              ema_rate=config.model.ema_rate,
-                                             ema_warmup=t.ema_warmup), mesh, exp.state_shardings)
+                                             ema_warmup=t.ema_warmup), mesh, task.state_shardings)
 
     manager = ckpt.make_manager(workdir, keep_latest=t.keep_latest, keep_every=t.snapshot_freq,
                                 async_save=t.async_checkpointing)
     start = manager.latest_step()
     if start is not None:
-        state, meta = ckpt.restore(manager, start, exp.abstract_state, data_iter)
+        state, meta = ckpt.restore(manager, start, task.abstract_state, data_iter)
         logging.info("resumed from step %d (saved on %s devices)", start,
                      meta.get("device_count"))
     else:
-        state = exp.init(jax.random.PRNGKey(config.seed))
+        state = task.init(jax.random.PRNGKey(config.seed))
         start = 0
     step = int(jax.device_get(state.step))
     if step != start:
         raise RuntimeError(f"checkpoint {start} holds state.step={step}")
 
-    evaluator = _PeriodicEval(config, exp, data_dir, workdir) if main or jax.process_count() > 1 \
-        else None
+    periodic = task.evaluators(periodic=True)
     writer = _Writer(workdir) if main else None
     bar = None
     if main and progress:
-        from tqdm import tqdm
         bar = tqdm(total=t.n_iters, initial=step, dynamic_ncols=True, desc="train")
 
     result = {"step": step, "status": "done", "losses": {}, "eval": {}, "sw": {}}
@@ -190,17 +194,20 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
                                         steps_per_s=f"{rate:.1f}")
                 if must_save:
                     ckpt.save(manager, step, state, data_iter, config=config)
-                if evaluator is not None and step % t.eval_freq == 0:
-                    ev = evaluator.held_out_loss(state, step)
-                    result["eval"][step] = ev
-                    if writer:
-                        writer.scalars(step, {"eval/loss": ev})
-                if evaluator is not None and t.snapshot_sampling and step % t.snapshot_freq == 0:
-                    sw = evaluator.snapshot(state, step)
-                    if sw is not None:
-                        result["sw"][step] = sw
-                        if writer:
-                            writer.scalars(step, {"eval/sliced_wasserstein": sw})
+                if step % t.eval_freq == 0:
+                    ctx = eval_context(task, state.ema_params, step, workdir, data_dir)
+                    ev = run_evaluators(periodic, state.ema_params, ctx)
+                    if "held_out_loss" in ev:
+                        result["eval"][step] = ev["held_out_loss"]
+                    if writer and ev:
+                        writer.scalars(step, _eval_scalars(ev))
+                if t.snapshot_sampling and step % t.snapshot_freq == 0:
+                    snap = task.snapshot(state.ema_params, step, workdir=workdir,
+                                         data_dir=data_dir) or {}
+                    if "sliced_wasserstein" in snap:
+                        result["sw"][step] = snap["sliced_wasserstein"]
+                    if writer and snap:
+                        writer.scalars(step, _eval_scalars(snap))
                 if preempted:
                     result["status"] = "preempted"
                     logging.warning("preemption at step %d: checkpoint saved, exiting", step)
@@ -218,6 +225,12 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     return result
 
 
+def _eval_scalars(metrics: dict) -> dict:
+    """``eval/<name>`` scalars (the held-out loss is ``eval/loss``)."""
+    return {"eval/loss" if k == "held_out_loss" else f"eval/{k}": v for k, v in metrics.items()
+            if np.isscalar(v) and not isinstance(v, (str, bool))}
+
+
 class _Writer:
     """TensorBoard scalars (tensorboardX) and ``metrics.jsonl`` (every step's loss)."""
 
@@ -231,7 +244,7 @@ class _Writer:
             self.tb.add_scalar(k, float(v), step)
         for s, l in (per_step_loss or {}).items():
             self.jsonl.write(json.dumps({"step": int(s), "loss": float(l)}) + "\n")
-        if "eval/loss" in values or "eval/sliced_wasserstein" in values:
+        if any(k.startswith("eval/") for k in values):
             self.jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in
                                                                 values.items()}}) + "\n")
         self.jsonl.flush()
@@ -240,55 +253,3 @@ class _Writer:
     def close(self) -> None:
         self.tb.close()
         self.jsonl.close()
-
-
-class _PeriodicEval:
-    """Held-out loss on a fixed set of eval batches and snapshot samples, from EMA params."""
-
-    def __init__(self, config, exp, data_dir: str, workdir: str):
-        self.config, self.exp, self.workdir = config, exp, workdir
-        self.eval_step = make_eval_step(get_loss_fn(config, exp.sde, exp.score_fn, train=False),
-                                        exp.mesh)
-        ds = eval_dataset(config, data_dir, process_index=jax.process_index(),
-                          process_count=jax.process_count())
-        n = min(len(ds), config.eval.num_loss_batches)
-        if n == 0:
-            raise ValueError(f"config.eval.batch_size={config.eval.batch_size} is larger than the "
-                             f"{config.data.eval_split!r} split")
-        self.batches = [parallel.global_batch(ds[i]["x"], exp.mesh) for i in range(n)]
-        self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-        self._sampler = None
-        if getattr(exp, "msdiff", None) is not None:  # conditional: x | y grids; multi-scale: skipped (logged)
-            from jaxdiff.train.msdiff import SnapshotSampler
-            self._sampler = SnapshotSampler(config, exp, data_dir, workdir)
-
-    def held_out_loss(self, state, step: int) -> float:
-        keys = jax.random.split(self.key, len(self.batches))
-        vals = [self.eval_step(state.ema_params, k, b) for k, b in zip(keys, self.batches)]
-        return float(np.mean(jax.device_get(vals)))
-
-    def snapshot(self, state, step: int) -> Optional[float]:
-        from jaxdiff.train.sampling import build_sampler, save_image_grid, save_scatter
-        if getattr(self.exp, "msdiff", None) is not None:
-            return self._sampler(state, step)
-        c = self.config
-        n = c.sampling.num_samples
-        if self._sampler is None:
-            self._sampler = build_sampler(c, self.exp.sde, self.exp.score_fn,
-                                          (n,) + self.exp.example_shape)
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2), step)
-        x, _ = self._sampler(state.ema_params, key)
-        x = np.asarray(jax.device_get(x))
-        out = os.path.join(self.workdir, "samples", f"step_{step:08d}.png")
-        if c.data.dataset != "toy":
-            if parallel.is_main_process():
-                save_image_grid(out, x, centered=c.data.centered)
-            return None
-        from jaxdiff.data.toy import sample_toy
-        from jaxdiff.eval.distances import sliced_wasserstein
-        ref = sample_toy(c.data.toy, np.random.default_rng(c.seed + 7), n, c.data.dim)
-        sw = float(sliced_wasserstein(jax.random.PRNGKey(3), jnp.asarray(x), jnp.asarray(ref),
-                                      c.eval.sw_projections))
-        if parallel.is_main_process():
-            save_scatter(out, x, reference=ref)
-        return sw

@@ -9,15 +9,16 @@ replicated or FSDP-sharded) and donates the old state.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from jaxdiff import losses as losses_lib
 from jaxdiff import sde as sde_lib
+from jaxdiff.eval.evaluators import make_eval_step
 from jaxdiff.parallel import data_sharding, replicated
+from jaxdiff.scores import get_score_fn
 from jaxdiff.train.state import TrainState, ema_update
 
 __all__ = ["get_sde", "get_score_fns", "get_loss_fn", "make_train_step", "jit_train_step",
@@ -40,7 +41,6 @@ def get_score_fns(config, model, sde):
     """``(train_score_fn, eval_score_fn)``: the network as a score function with dropout on
     (called with ``rng=``) and off, per ``config.model`` (parameterization, ``scale_by_sigma``)
     and ``config.training.continuous``."""
-    from jaxdiff.scores import get_score_fn
     kw = dict(continuous=config.training.continuous,
               parameterization=config.model.get("parameterization", None),
               scale_by_sigma=bool(config.model.get("scale_by_sigma", False)))
@@ -49,12 +49,10 @@ def get_score_fns(config, model, sde):
 
 
 def get_loss_fn(config, sde, score_fn, *, train: bool) -> Callable:
-    """``loss_fn(params, key, batch) -> (loss, aux)`` from ``config.training``; with a
-    ``config.msdiff`` section the conditional / multi-scale loss of
-    :func:`jaxdiff.train.msdiff.get_loss_fn` (over the same image batches)."""
-    if config.get("msdiff", None) is not None:
-        from jaxdiff.train import msdiff
-        return msdiff.get_loss_fn(config, sde, score_fn, train=train)
+    """The denoising score-matching ``loss_fn(params, key, batch) -> (loss, aux)`` of
+    ``config.training`` (``continuous``, ``reduce_mean``, ``likelihood_weighting``, ``loss_eps``);
+    ``train=True``: the score function gets ``rng=`` (dropout). A task's own losses (conditional,
+    multi-scale ...) are its ``train_loss`` / ``eval_loss`` (:mod:`jaxdiff.tasks`)."""
     t = config.training
     return losses_lib.get_loss(sde, score_fn, continuous=t.continuous, reduce_mean=t.reduce_mean,
                                likelihood_weighting=t.likelihood_weighting, eps=t.loss_eps,
@@ -104,13 +102,3 @@ def jit_train_step(step: Callable, mesh, state_shardings) -> Callable:
     ``B``, the state with ``state_shardings``, metrics replicated; the input state is donated."""
     return jax.jit(step, in_shardings=(state_shardings, data_sharding(mesh, 1)),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=(0,))
-
-
-def make_eval_step(loss_fn: Callable, mesh) -> Callable:
-    """Jitted ``eval_step(params, key, batch) -> mean loss`` (no gradient, no dropout)."""
-
-    def eval_step(params, key, batch):
-        return loss_fn(params, key, batch)[0]
-
-    return jax.jit(eval_step, in_shardings=(None, None, data_sharding(mesh)),
-                   out_shardings=replicated(mesh))

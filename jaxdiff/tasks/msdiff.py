@@ -1,5 +1,6 @@
-"""MSDiff experiments in the training system: conditional (CDE / CDiffE / CMDE) and multi-scale
-(Haar) runs of ``launch/main.py``.
+"""MSDiff tasks: conditional (CDE / CDiffE / CMDE) and multi-scale (Haar) runs of
+``launch/main.py`` (:class:`ConditionalTask` ``'msdiff_conditional'``, :class:`MultiScaleTask`
+``'msdiff_multiscale'``; a config's ``msdiff.mode`` selects one in :func:`jaxdiff.tasks.get_task`).
 
 A config with a ``config.msdiff`` section (``configs/msdiff_*.py``) changes four things of a plain
 run; everything else (data pipeline, optimiser, EMA, sharded step, checkpoints, logging) is shared:
@@ -16,18 +17,20 @@ run; everything else (data pipeline, optimiser, EMA, sharded step, checkpoints, 
   yields (:func:`get_loss_fn`);
 * **sampling**: conditional runs draw ``x | y`` for ``y = observe(held-out images)`` with the
   estimator's PC sampler and save a grid of (condition, sample, truth) triplets with the PSNR of
-  the samples (:func:`sample`, :class:`SnapshotSampler`); multi-scale sampling needs every stage's
-  network: :func:`sample` takes the per-stage run directories (``--stage_workdirs``); snapshot
-  sampling inside a single-stage run is skipped with a log line.
+  the samples (:meth:`ConditionalTask.sample`, :meth:`ConditionalTask.snapshot`); multi-scale
+  sampling needs every stage's network: :func:`multiscale_sample` takes the per-stage run
+  directories (``--stage_workdirs``); snapshot sampling inside a single-stage run is skipped with
+  a log line.
 
-Unconditional metrics (bits/dim, the sample-quality hooks) do not apply to these models;
-:func:`evaluate` reports the held-out loss (and, for conditional runs, the PSNR of conditional
-samples) and logs which metrics it skipped.
+Unconditional metrics (bits/dim, the sample-quality metrics) do not apply to these models: the
+tasks skip those evaluators (listed under ``skipped`` in the report) and add their own
+(:class:`ConditionalPSNR`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -37,13 +40,22 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
-from jaxdiff import conditional, multiscale
+from jaxdiff import conditional, multiscale, parallel
+from jaxdiff.data import eval_dataset, resolve_data_dir
+from jaxdiff.eval import evaluators as evaluators_lib
+from jaxdiff.tasks.base import Task, register_task
+from jaxdiff.train.config import ConfigError
+from jaxdiff.train.evaluate import load_params
+from jaxdiff.train.experiment import check_workdir
+from jaxdiff.train.sampling import save_image_grid, to_uint8
+from jaxdiff.train.step import get_score_fns as plain_score_fns
 
 __all__ = ["MSDiffSetup", "setup", "network_config", "get_score_fns", "get_loss_fn",
            "conditional_sampler", "condition_image", "psnr", "save_triplet_grid",
-           "heldout_images", "draw_conditional", "SnapshotSampler", "sample",
-           "multiscale_sample", "evaluate"]
+           "heldout_images", "draw_conditional", "multiscale_sample", "ConditionalPSNR",
+           "ConditionalTask", "MultiScaleTask"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +88,6 @@ def _section(config):
 
 
 def _error(msg: str):
-    from jaxdiff.train.config import ConfigError
     return ConfigError(msg)
 
 
@@ -147,7 +158,6 @@ def get_score_fns(config, model, sde, ms_setup: MSDiffSetup):
     multi-speed SDE ``ms.sde(stage)`` (per-coefficient ``alpha``, ``sigma``; time label
     ``t * 999``), on coefficient blocks of ``ms.block_shape(stage)``.
     """
-    from jaxdiff.train.step import get_score_fns as plain_score_fns
     if ms_setup.mode == "conditional":
         return plain_score_fns(config, model, sde)
     return plain_score_fns(config, model, ms_setup.ms.sde(ms_setup.stage))
@@ -173,6 +183,10 @@ def get_loss_fn(config, sde, score_fn, *, train: bool) -> Callable:
     ms_setup = setup(config, sde)
     if ms_setup is None:
         raise ValueError("get_loss_fn: config has no msdiff section")
+    return _loss_fn(config, ms_setup, sde, score_fn, train=train)
+
+
+def _loss_fn(config, ms_setup: MSDiffSetup, sde, score_fn, *, train: bool) -> Callable:
     t = config.training
     rng_kwarg = "rng" if train else None
     if ms_setup.mode == "conditional":
@@ -206,12 +220,9 @@ def conditional_sampler(config, sde, score_fn, num_samples: int):
     cond_score = conditional.concat_conditional(score_fn, c)
     s = config.sampling
     size = int(config.data.image_size)
-    sampler = est.pc_sampler(
-        cond_score, (int(num_samples), size, size, c),
-        predictor=None if s.predictor == "none" else s.predictor,
-        corrector=None if s.corrector == "none" else s.corrector, snr=s.snr,
-        n_corrector_steps=s.n_steps_each, num_steps=s.num_steps or sde.N,
-        denoise=s.noise_removal, eps=s.eps, resample_y=bool(sec.resample_y))
+    sampler = est.pc_sampler(cond_score, (int(num_samples), size, size, c),
+                             num_steps=s.num_steps or sde.N, resample_y=bool(sec.resample_y),
+                             **_pc_options(est.pc_sampler, s))
     return sampler, est
 
 
@@ -264,8 +275,6 @@ def save_triplet_grid(path: str, cond, x, truth, *, centered: bool, pad: int = 1
       The grid ``(rows * (H + pad) + pad, cols * (3 W + 5 pad) + pad [, C])`` before scaling,
       repeated ``scale`` times.
     """
-    from PIL import Image
-    from jaxdiff.train.sampling import to_uint8
     trip = [to_uint8(a, centered) for a in (cond, x, truth)]
     if not trip[0].shape == trip[1].shape == trip[2].shape:
         raise ValueError(f"condition, sample and truth shapes differ: "
@@ -291,7 +300,6 @@ def save_triplet_grid(path: str, cond, x, truth, *, centered: bool, pad: int = 1
 
 def heldout_images(config, data_dir: str, n: int) -> np.ndarray:
     """The first ``n`` model-space images ``(n, H, W, C)`` of the eval split (unshuffled)."""
-    from jaxdiff.data import eval_dataset
     ds = eval_dataset(config, data_dir, batch_size=int(n), process_index=0, process_count=1)
     if len(ds) == 0:
         raise ValueError(f"{n} conditional samples need {n} held-out images; the "
@@ -329,101 +337,31 @@ def _summary(d: dict) -> dict:
     return s
 
 
-class SnapshotSampler:
-    """Snapshot sampling inside a training run (``training.snapshot_sampling``).
-
-    Conditional runs: ``config.sampling.num_samples`` held-out images, their conditions and one
-    sample each from the EMA params: ``<workdir>/samples/step_<step>.png`` (triplet grid) and
-    ``step_<step>.json`` (mean PSNR). Multi-scale runs: skipped (one stage's network cannot sample
-    alone), logged once.
-    """
-
-    def __init__(self, config, exp, data_dir: str, workdir: str):
-        self.config, self.exp, self.data_dir, self.workdir = config, exp, data_dir, workdir
-        self._sampler, self._images, self._logged = None, None, False
-
-    def __call__(self, state, step: int) -> Optional[float]:
-        from jaxdiff import parallel
-        c, ms_setup = self.config, self.exp.msdiff
-        if ms_setup.mode == "multiscale":
-            if not self._logged:
-                logging.info("multiscale stage %d: snapshot sampling skipped (sampling needs the "
-                             "networks of all %d stages: --mode=sample --stage_workdirs=...)",
-                             ms_setup.stage, ms_setup.ms.levels + 1)
-                self._logged = True
-            return None
-        n = c.sampling.num_samples
-        if self._sampler is None:
-            self._sampler, _ = conditional_sampler(c, self.exp.sde, self.exp.score_fn, n)
-            self._images = heldout_images(c, self.data_dir, n)
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2), step)
-        d = draw_conditional(c, self._sampler, state.ema_params, key, self._images)
-        if parallel.is_main_process():
-            out = os.path.join(self.workdir, "samples", f"step_{step:08d}")
-            save_triplet_grid(out + ".png", d["cond"], d["x"], d["truth"],
-                              centered=c.data.centered)
-            with open(out + ".json", "w") as f:
-                json.dump({"step": int(step), **_summary(d)}, f)
-        logging.info("step %d: conditional samples PSNR %.2f dB", step, float(np.mean(d["psnr"])))
-        return None
+def _pc_options(fn: Callable, s) -> dict:
+    """``config.sampling``'s PC options for ``fn`` (the end-of-sampling option is
+    ``noise_removal`` = the noise-free mean of the last update)."""
+    return dict(predictor=None if s.predictor == "none" else s.predictor,
+                corrector=None if s.corrector == "none" else s.corrector, snr=s.snr,
+                n_corrector_steps=s.n_steps_each, eps=s.eps,
+                **{_end_kw(fn): s.noise_removal})
 
 
-# ---- --mode=sample / --mode=eval ------------------------------------------------------------
-def sample(config, workdir: str, *, num_samples: Optional[int] = None,
-           stage_workdirs: Optional[Sequence[str]] = None) -> dict:
-    """``--mode=sample`` of an msdiff run.
-
-    Conditional: loads the EMA params of the newest (or ``config.eval.checkpoint_step``)
-    checkpoint in ``workdir``, takes the first ``num_samples`` (default
-    ``config.sampling.num_samples``) held-out images, observes them and draws one sample per
-    condition; writes ``<workdir>/samples/samples_<step>.npz`` (``x``, ``y``, ``cond``, ``truth``,
-    ``images`` (uint8 samples), ``nfe``, ``psnr``) and ``samples_<step>.png`` (rows of
-    (condition, sample, truth) triplets). Returns ``{'step', 'npz', 'png', 'nfe', 'shape',
-    'y_shape', 'psnr', ['psnr_condition']}``.
-
-    Multi-scale: see :func:`multiscale_sample` (needs ``stage_workdirs``).
-    """
-    from jaxdiff import parallel
-    from jaxdiff.data import resolve_data_dir
-    from jaxdiff.train.config import validate_config
-    from jaxdiff.train.evaluate import load_params
-    from jaxdiff.train.experiment import check_workdir
-    from jaxdiff.train.sampling import to_uint8
-    validate_config(config)
-    sec = _section(config)
-    if sec is None:
-        raise ValueError("msdiff.sample: config has no msdiff section")
-    if sec.mode == "multiscale":
-        return multiscale_sample(config, workdir, stage_workdirs, num_samples=num_samples)
-    parallel.maybe_initialize_distributed(config.parallel)
-    workdir = check_workdir(workdir)
-    params, step, exp = load_params(config, workdir, step=config.eval.checkpoint_step)
-    n = int(num_samples or config.sampling.num_samples)
-    sampler, _ = conditional_sampler(config, exp.sde, exp.score_fn, n)
-    images = heldout_images(config, resolve_data_dir(config, workdir), n)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + step)
-    d = draw_conditional(config, sampler, params, key, images)
-    out = os.path.join(workdir, "samples")
-    npz, png = os.path.join(out, f"samples_{step}.npz"), os.path.join(out, f"samples_{step}.png")
-    if parallel.is_main_process():
-        os.makedirs(out, exist_ok=True)
-        save_triplet_grid(png, d["cond"], d["x"], d["truth"], centered=config.data.centered)
-        np.savez(npz, images=to_uint8(d["x"], config.data.centered), **d)
-    return {"step": step, "npz": npz, "png": png, "shape": list(d["x"].shape),
-            "y_shape": list(d["y"].shape), **_summary(d)}
+def _end_kw(fn: Callable) -> str:
+    return "noise_removal" if "noise_removal" in inspect.signature(fn).parameters else "denoise"
 
 
 def multiscale_sample(config, workdir: str, stage_workdirs: Optional[Sequence[str]], *,
-                      num_samples: Optional[int] = None) -> dict:
+                      num_samples: Optional[int] = None, mesh=None) -> dict:
     """Coarse-to-fine samples of a multi-scale model from its ``L + 1`` per-stage runs.
 
     Args:
-      config: any stage's config (``config.msdiff.stage`` is replaced per run).
+      config: any stage's validated config (``config.msdiff.stage`` is replaced per run).
       workdir: where ``samples/`` is written (may be one of the stage runs).
       stage_workdirs: the run directories of stages ``0, 1, ..., L`` in that order (each trained
         with ``config.msdiff.stage`` = its index); their newest (or ``config.eval.checkpoint_step``)
         EMA params are used.
       num_samples: default ``config.sampling.num_samples``.
+      mesh: the device mesh of the stage tasks.
 
     Writes ``<workdir>/samples/samples_multiscale.npz`` (``x``, ``images``, ``nfe``,
     ``steps`` (per stage)) and ``.png``. Returns ``{'steps', 'npz', 'png', 'nfe', 'shape'}``.
@@ -431,12 +369,6 @@ def multiscale_sample(config, workdir: str, stage_workdirs: Optional[Sequence[st
     Raises:
       ConfigError when ``stage_workdirs`` is missing or has the wrong length.
     """
-    from jaxdiff import parallel
-    from jaxdiff.train.config import validate_config
-    from jaxdiff.train.evaluate import load_params
-    from jaxdiff.train.experiment import check_workdir
-    from jaxdiff.train.sampling import save_image_grid, to_uint8
-    validate_config(config)
     sec = _section(config)
     L = len(tuple(sec.end_times))
     dirs = [d for d in (stage_workdirs or []) if d]
@@ -444,24 +376,21 @@ def multiscale_sample(config, workdir: str, stage_workdirs: Optional[Sequence[st
         raise _error(f"multi-scale sampling needs the checkpoints of all {L + 1} stages (one "
                      f"training run per config.msdiff.stage = 0..{L}): pass "
                      f"--stage_workdirs=DIR_0,...,DIR_{L} (stage order); got {list(dirs)!r}")
-    parallel.maybe_initialize_distributed(config.parallel)
     workdir = check_workdir(workdir)
     params, steps, fns, ms = [], [], [], None
     for s, d in enumerate(dirs):
         cfg = config.copy_and_resolve_references()
         cfg.msdiff.stage = s
-        p, st, exp = load_params(cfg, d, step=config.eval.checkpoint_step)
+        p, st, task = load_params(MultiScaleTask(cfg, mesh), d, step=config.eval.checkpoint_step)
         params.append(p)
         steps.append(st)
-        ms = exp.msdiff.ms
-        fns.append(lambda ps, c, t, s=s, f=exp.score_fn: f(ps[s], c, t))
+        ms = task.msdiff.ms
+        fns.append(lambda ps, c, t, s=s, f=task.score_fn: f(ps[s], c, t))
     n = int(num_samples or config.sampling.num_samples)
     smp = config.sampling
     sampler = multiscale.multiscale_sampler(
-        ms, fns, n, predictor=None if smp.predictor == "none" else smp.predictor,
-        corrector=None if smp.corrector == "none" else smp.corrector, snr=smp.snr,
-        n_corrector_steps=smp.n_steps_each, num_steps=smp.num_steps or ms.base.N,
-        denoise=smp.noise_removal, eps=smp.eps)
+        ms, fns, n, num_steps=smp.num_steps or ms.base.N,
+        **_pc_options(multiscale.multiscale_sampler, smp))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + sum(steps))
     x, nfe = sampler(tuple(params), key)
     x = np.asarray(jax.device_get(x))
@@ -476,53 +405,154 @@ def multiscale_sample(config, workdir: str, stage_workdirs: Optional[Sequence[st
     return {"steps": steps, "npz": npz, "png": png, "nfe": int(nfe), "shape": list(x.shape)}
 
 
-def evaluate(config, workdir: str) -> dict:
-    """``--mode=eval`` of an msdiff run: the held-out (conditional / stage) loss of the EMA params
-    and, for conditional runs with ``config.eval.enable_sampling``, the mean PSNR of
-    ``config.sampling.num_samples`` conditional samples against the truth. Bits/dim and the
-    registered sample-quality hooks need an unconditional full-resolution model and are skipped
-    (logged, and listed under ``'skipped'``). Writes ``<workdir>/eval/report_<step>.json``."""
-    from jaxdiff import parallel
-    from jaxdiff.data import resolve_data_dir
-    from jaxdiff.train.config import validate_config
-    from jaxdiff.train.evaluate import EVAL_HOOKS, EvalContext, _held_out_loss, load_params
-    from jaxdiff.train.experiment import check_workdir
-    validate_config(config)
-    parallel.maybe_initialize_distributed(config.parallel)
-    workdir = check_workdir(workdir)
-    e = config.eval
-    params, step, exp = load_params(config, workdir, step=e.checkpoint_step, use_ema=e.use_ema)
-    data_dir = resolve_data_dir(config, workdir)
-    ctx = EvalContext(config=config, exp=exp, params=params, step=step, data_dir=data_dir,
-                      workdir=workdir,
-                      key=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + step))
-    mode = exp.msdiff.mode
-    report = {"step": step, "dataset": config.data.dataset, "sde": config.training.sde,
-              "ema": bool(e.use_ema), "msdiff_mode": mode, "skipped": []}
-    if mode == "multiscale":
-        report["stage"] = exp.msdiff.stage
-    if e.enable_loss:
-        report["held_out_loss"] = _held_out_loss(ctx)
-    why = ("p(x | y) has no unconditional likelihood" if mode == "conditional" else
-           "one stage's network is not a full-resolution model")
-    if e.enable_bpd:
-        report["skipped"].append("bits_per_dim")
-        logging.info("msdiff %s: bits/dim skipped (%s)", mode, why)
-    if EVAL_HOOKS:
-        names = [getattr(h, "__name__", repr(h)) for h in EVAL_HOOKS]
-        report["skipped"].extend(names)
-        logging.info("msdiff %s: eval hooks %s skipped (%s)", mode, names, why)
-    if mode == "conditional" and e.enable_sampling:
-        n = config.sampling.num_samples
-        sampler, _ = conditional_sampler(config, exp.sde, exp.score_fn, n)
-        d = draw_conditional(config, sampler, params, jax.random.fold_in(ctx.key, 4),
-                             heldout_images(config, data_dir, n))
-        report.update({f"conditional_{k}": v for k, v in _summary(d).items()})
-        report["conditional_num_samples"] = int(n)
-    if parallel.is_main_process():
-        out = os.path.join(workdir, "eval", f"report_{step}.json")
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(report, f, indent=2, sort_keys=True)
-        logging.info("eval report: %s", out)
-    return report
+# ---- the tasks ------------------------------------------------------------------------------
+class _MSDiffTask(Task):
+    """Shared by both MSDiff tasks: the network / score / loss of :func:`setup`; of the generic
+    evaluators only the held-out loss runs (bits/dim and the sample-quality metrics need an
+    unconditional full-resolution model: skipped, listed in the report's ``skipped``)."""
+
+    why = ""
+
+    def network_config(self):
+        """The setup's copy of the config describing the network input (:func:`setup`, which
+        also checks what these models cannot do); ``self.msdiff`` is the :class:`MSDiffSetup`."""
+        self.msdiff = setup(self.config, self.sde)
+        return self.msdiff.net_config
+
+    def make_score_fns(self) -> tuple:
+        """:func:`get_score_fns` of the setup."""
+        return get_score_fns(self.config, self.model, self.sde, self.msdiff)
+
+    def make_loss(self, score_fn, *, train: bool):
+        """:func:`get_loss_fn` (conditional or multi-scale loss over image batches)."""
+        return _loss_fn(self.config, self.msdiff, self.sde, score_fn, train=train)
+
+    @property
+    def skip(self) -> dict:  # type: ignore[override]
+        """Every generic evaluator but the held-out loss."""
+        return {e.name: self.why for e in evaluators_lib.from_config(self.config, self)
+                if e.name != "held_out_loss"}
+
+    def report_fields(self) -> dict:
+        """``msdiff_mode``, ``skipped`` (and ``stage`` for multi-scale runs)."""
+        out = {"msdiff_mode": self.msdiff.mode, "skipped": self.skipped()}
+        if self.msdiff.stage is not None:
+            out["stage"] = self.msdiff.stage
+        return out
+
+
+class ConditionalPSNR(evaluators_lib.Evaluator):
+    """``--mode=eval`` of a conditional run (``config.eval.enable_sampling``): the mean PSNR of
+    ``config.sampling.num_samples`` conditional samples of held-out images against the truth:
+    ``conditional_psnr``, ``conditional_psnr_condition``, ``conditional_nfe``,
+    ``conditional_num_samples``."""
+
+    name = "conditional_psnr"
+
+    def __init__(self, task):
+        self.task = task
+
+    def run(self, params, ctx) -> dict:
+        """The metrics above."""
+        c = ctx.config
+        n = c.sampling.num_samples
+        sampler, _ = conditional_sampler(c, self.task.sde, self.task.score_fn, n)
+        d = draw_conditional(c, sampler, params, jax.random.fold_in(ctx.key, 4),
+                             heldout_images(c, ctx.data_dir, n))
+        out = {f"conditional_{k}": v for k, v in _summary(d).items()}
+        out["conditional_num_samples"] = int(n)
+        return out
+
+
+@register_task("msdiff_conditional")
+class ConditionalTask(_MSDiffTask):
+    """Conditional (CDE / CDiffE / CMDE) training of ``p(x | y)``: the network sees
+    ``[x_t, upsample(y_t)]``; snapshots and ``--mode=sample`` draw ``x | y`` for held-out
+    observations (triplet grids with PSNR)."""
+
+    why = "p(x | y) has no unconditional likelihood"
+
+    def __init__(self, config, mesh=None):
+        super().__init__(config, mesh)
+        self._snapshot: Optional[tuple] = None
+
+    def extra_evaluators(self, periodic: bool) -> list:
+        """:class:`ConditionalPSNR` in ``--mode=eval`` with ``config.eval.enable_sampling``."""
+        return [ConditionalPSNR(self)] if not periodic and self.config.eval.enable_sampling \
+            else []
+
+    def snapshot(self, params, step: int, *, workdir: str, data_dir: str) -> dict:
+        """``config.sampling.num_samples`` held-out images, their conditions and one sample each:
+        ``<workdir>/samples/step_<step>.png`` (triplet grid) and ``step_<step>.json`` (mean
+        PSNR); logs the PSNR and returns no scalars."""
+        c = self.config
+        n = c.sampling.num_samples
+        if self._snapshot is None:
+            self._snapshot = (conditional_sampler(c, self.sde, self.score_fn, n)[0],
+                              heldout_images(c, data_dir, n))
+        sampler, images = self._snapshot
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed), 2), step)
+        d = draw_conditional(c, sampler, params, key, images)
+        if parallel.is_main_process():
+            out = os.path.join(workdir, "samples", f"step_{step:08d}")
+            save_triplet_grid(out + ".png", d["cond"], d["x"], d["truth"],
+                              centered=c.data.centered)
+            with open(out + ".json", "w") as f:
+                json.dump({"step": int(step), **_summary(d)}, f)
+        logging.info("step %d: conditional samples PSNR %.2f dB", step, float(np.mean(d["psnr"])))
+        return {}
+
+    def sample(self, workdir: str, *, num_samples: Optional[int] = None,
+               stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+        """``--mode=sample``: loads the EMA params of the newest (or
+        ``config.eval.checkpoint_step``) checkpoint in ``workdir``, takes the first
+        ``num_samples`` (default ``config.sampling.num_samples``) held-out images, observes them
+        and draws one sample per condition; writes ``<workdir>/samples/samples_<step>.npz``
+        (``x``, ``y``, ``cond``, ``truth``, ``images`` (uint8 samples), ``nfe``, ``psnr``) and
+        ``samples_<step>.png`` (rows of (condition, sample, truth) triplets). Returns ``{'step',
+        'npz', 'png', 'nfe', 'shape', 'y_shape', 'psnr', ['psnr_condition']}``."""
+        config = self.config
+        params, step, _ = load_params(self, workdir, step=config.eval.checkpoint_step)
+        n = int(num_samples or config.sampling.num_samples)
+        sampler, _ = conditional_sampler(config, self.sde, self.score_fn, n)
+        images = heldout_images(config, resolve_data_dir(config, workdir), n)
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + step)
+        d = draw_conditional(config, sampler, params, key, images)
+        out = os.path.join(workdir, "samples")
+        npz = os.path.join(out, f"samples_{step}.npz")
+        png = os.path.join(out, f"samples_{step}.png")
+        if parallel.is_main_process():
+            os.makedirs(out, exist_ok=True)
+            save_triplet_grid(png, d["cond"], d["x"], d["truth"], centered=config.data.centered)
+            np.savez(npz, images=to_uint8(d["x"], config.data.centered), **d)
+        return {"step": step, "npz": npz, "png": png, "shape": list(d["x"].shape),
+                "y_shape": list(d["y"].shape), **_summary(d)}
+
+
+@register_task("msdiff_multiscale")
+class MultiScaleTask(_MSDiffTask):
+    """One stage of a Haar multi-scale model: the network at the stage's coefficient block, the
+    score of the stage's multi-speed SDE. Snapshot sampling is skipped (one stage's network
+    cannot sample alone, logged once); ``--mode=sample`` needs every stage's run
+    (:func:`multiscale_sample`)."""
+
+    why = "one stage's network is not a full-resolution model"
+
+    def __init__(self, config, mesh=None):
+        super().__init__(config, mesh)
+        self._logged = False
+
+    def snapshot(self, params, step: int, *, workdir: str, data_dir: str) -> dict:
+        """Skipped (logged once)."""
+        if not self._logged:
+            logging.info("multiscale stage %d: snapshot sampling skipped (sampling needs the "
+                         "networks of all %d stages: --mode=sample --stage_workdirs=...)",
+                         self.msdiff.stage, self.msdiff.ms.levels + 1)
+            self._logged = True
+        return {}
+
+    def sample(self, workdir: str, *, num_samples: Optional[int] = None,
+               stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+        """:func:`multiscale_sample` from ``stage_workdirs`` (the runs of stages 0..L)."""
+        return multiscale_sample(self.config, workdir, stage_workdirs, num_samples=num_samples,
+                                 mesh=self.mesh)
