@@ -20,7 +20,10 @@ import os
 import time
 from typing import Any, Optional
 
+import flax
+import grain
 import jax
+import optax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -55,15 +58,12 @@ def make_manager(workdir: str, *, keep_latest: int = 2, keep_every: int = 0,
         cleanup_tmp_directories=not read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     if with_data:
-        import grain
         handlers["data"] = grain.checkpoint.CheckpointHandler()
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                  item_handlers=handlers)
 
 
 def _meta(step: int, config=None, extra: Optional[dict] = None) -> dict:
-    import flax
-    import optax
     m = {"step": int(step), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
          "unix_time": time.time(), "device_count": jax.device_count(),
          "process_count": jax.process_count(), "jax": jax.__version__,
@@ -81,7 +81,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None, 
     items = {"state": ocp.args.StandardSave(state),
              "meta": ocp.args.JsonSave(_meta(step, config, extra))}
     if data_iter is not None:
-        import grain
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     return manager.save(step, args=ocp.args.Composite(**items), force=True)
 
@@ -102,7 +101,6 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, data
     ``abstract_state`` (see :func:`abstract_like`); ``data_iter`` is set to its saved position."""
     items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
     if data_iter is not None:
-        import grain
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     out = manager.restore(step, args=ocp.args.Composite(**items))
     return out["state"], out["meta"]
