@@ -15,6 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.models import up_or_down_sampling as uds
+from jaxdiff.models.initializers import default_init
+
 Array = jax.Array
 Dtype = Any
 
@@ -34,12 +37,6 @@ def resolve_dtype(dtype) -> Dtype:
             raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
         return names[dtype]
     return jnp.dtype(dtype).type if dtype is not None else jnp.float32
-
-
-def default_init(scale: float = 1.0) -> Callable:
-    """DDPM initialiser: variance scaling, ``fan_avg``, uniform; ``scale=0`` becomes ``1e-10``."""
-    scale = 1e-10 if scale == 0 else scale
-    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
 
 
 def get_act(name: str) -> Callable[[Array], Array]:
@@ -137,6 +134,11 @@ def group_norm(channels: int, groups: Optional[int] = None, dtype: Dtype = jnp.f
     return nn.GroupNorm(num_groups=g, epsilon=1e-6, dtype=dtype, name=name)
 
 
+def _skip_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
+    """``x + h``, divided by ``sqrt(2)`` with ``skip_rescale`` (NCSN++)."""
+    return (x + h) / jnp.sqrt(2.0).astype(h.dtype) if skip_rescale else x + h
+
+
 def _attention(x: Array, q: Array, k: Array, v: Array) -> Array:
     B, H, W, C = x.shape
     w = jnp.einsum("bhwc,bHWc->bhwHW", q, k) * (int(C) ** (-0.5))
@@ -179,9 +181,7 @@ class AttnBlockpp(nn.Module):
         v = NIN(C, dtype=self.dtype, name="NIN_2")(h)
         h = _attention(x, q, k, v)
         h = NIN(C, init_scale=self.init_scale, dtype=self.dtype, name="NIN_3")(h)
-        if not self.skip_rescale:
-            return x + h
-        return (x + h) / jnp.sqrt(2.0).astype(h.dtype)
+        return _skip_sum(x, h, self.skip_rescale)
 
 
 class Combine(nn.Module):
@@ -200,6 +200,34 @@ class Combine(nn.Module):
         raise ValueError(f"progressive_combine must be 'cat' or 'sum', got {self.method!r}")
 
 
+def _resample(x: Array, up: bool, fir: bool, fir_kernel: tuple[int, ...]) -> Array:
+    """2x FIR (``fir``) or nearest / average-pool resampling without a convolution."""
+    if up:
+        return uds.upsample_2d(x, fir_kernel, factor=2) if fir else uds.naive_upsample_2d(x, 2)
+    return uds.downsample_2d(x, fir_kernel, factor=2) if fir else uds.naive_downsample_2d(x, 2)
+
+
+def _resample_pp(x: Array, *, up: bool, out_ch: int, with_conv: bool, fir: bool,
+                 fir_kernel: tuple[int, ...], dtype: Dtype) -> Array:
+    """The body of the (NCSN++ and DDPM) resampling layers; called inside a module's compact
+    ``__call__``, so ``Conv_0`` / ``Conv2d_0`` are that module's submodules. Without FIR: nearest
+    upsampling then a 3x3 conv, or a stride-2 3x3 conv ('SAME', i.e. pad (0, 1)) / 2x2 average
+    pooling; with FIR: FIR resampling, or the fused FIR conv ``Conv2d_0``."""
+    if fir and with_conv:
+        return uds.Conv2d(out_ch, kernel=3, up=up, down=not up, resample_kernel=fir_kernel,
+                          use_bias=True, kernel_init=default_init(), dtype=dtype,
+                          name="Conv2d_0")(x)
+    if fir:
+        return _resample(x, up, True, fir_kernel)
+    if up:
+        x = uds.naive_upsample_2d(x, factor=2)
+        return ddpm_conv3x3(out_ch, dtype=dtype, name="Conv_0")(x) if with_conv else x
+    if with_conv:
+        return ddpm_conv3x3(out_ch, stride=2, padding=((0, 1), (0, 1)), dtype=dtype,
+                            name="Conv_0")(x)
+    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+
+
 class Upsample(nn.Module):
     """DDPM nearest-neighbour upsampling, optionally followed by a 3x3 conv."""
 
@@ -208,13 +236,8 @@ class Upsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        from jaxdiff.models import up_or_down_sampling as uds
-
-        C = x.shape[-1]
-        h = uds.naive_upsample_2d(x, factor=2)
-        if self.with_conv:
-            h = ddpm_conv3x3(C, dtype=self.dtype, name="Conv_0")(h)
-        return h
+        return _resample_pp(x, up=True, out_ch=x.shape[-1], with_conv=self.with_conv, fir=False,
+                            fir_kernel=(), dtype=self.dtype)
 
 
 class Downsample(nn.Module):
@@ -225,13 +248,8 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        B, H, W, C = x.shape
-        if self.with_conv:
-            x = ddpm_conv3x3(C, stride=2, padding=((0, 1), (0, 1)), dtype=self.dtype,
-                             name="Conv_0")(x)
-        else:
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        return x
+        return _resample_pp(x, up=False, out_ch=x.shape[-1], with_conv=self.with_conv,
+                            fir=False, fir_kernel=(), dtype=self.dtype)
 
 
 class UpsamplePP(nn.Module):
@@ -245,22 +263,9 @@ class UpsamplePP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        from jaxdiff.models import up_or_down_sampling as uds
-
-        B, H, W, C = x.shape
-        out_ch = self.out_ch if self.out_ch else C
-        if not self.fir:
-            h = uds.naive_upsample_2d(x, factor=2)
-            if self.with_conv:
-                h = ddpm_conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
-        else:
-            if not self.with_conv:
-                h = uds.upsample_2d(x, self.fir_kernel, factor=2)
-            else:
-                h = uds.Conv2d(out_ch, kernel=3, up=True, resample_kernel=self.fir_kernel,
-                               use_bias=True, kernel_init=default_init(), dtype=self.dtype,
-                               name="Conv2d_0")(x)
-        return h
+        return _resample_pp(x, up=True, out_ch=self.out_ch or x.shape[-1],
+                            with_conv=self.with_conv, fir=self.fir, fir_kernel=self.fir_kernel,
+                            dtype=self.dtype)
 
 
 class DownsamplePP(nn.Module):
@@ -274,24 +279,42 @@ class DownsamplePP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        from jaxdiff.models import up_or_down_sampling as uds
+        return _resample_pp(x, up=False, out_ch=self.out_ch or x.shape[-1],
+                            with_conv=self.with_conv, fir=self.fir, fir_kernel=self.fir_kernel,
+                            dtype=self.dtype)
 
-        B, H, W, C = x.shape
-        out_ch = self.out_ch if self.out_ch else C
-        if not self.fir:
-            if self.with_conv:
-                x = ddpm_conv3x3(out_ch, stride=2, padding=((0, 1), (0, 1)), dtype=self.dtype,
-                                 name="Conv_0")(x)
-            else:
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        else:
-            if not self.with_conv:
-                x = uds.downsample_2d(x, self.fir_kernel, factor=2)
-            else:
-                x = uds.Conv2d(out_ch, kernel=3, down=True, resample_kernel=self.fir_kernel,
-                               use_bias=True, kernel_init=default_init(), dtype=self.dtype,
-                               name="Conv2d_0")(x)
+
+def _residual(block: nn.Module, x: Array, temb: Optional[Array], train: bool, *,
+              out_ch: int, groups: Optional[int], init_scale: float,
+              resample=None) -> tuple[Array, Array]:
+    """The shared body of the residual blocks, called inside ``block``'s compact ``__call__``
+    (which has ``act``, ``dropout``, ``dtype``): GN-act, optional ``resample`` of both branches,
+    conv, + Dense(act(temb)), GN-act-dropout-conv(``init_scale``). ``groups``: GroupNorm groups
+    (None: ``min(C // 4, 32)``). Returns ``(x, h)``: the (resampled) input and the residual."""
+    C = x.shape[-1]
+    dt = block.dtype
+    h = block.act(group_norm(C, groups=None if groups is None else min(groups, C), dtype=dt,
+                             name="GroupNorm_0")(x))
+    if resample is not None:
+        h, x = resample(h), resample(x)
+    h = ddpm_conv3x3(out_ch, dtype=dt, name="Conv_0")(h)
+    if temb is not None:
+        h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=dt,
+                         name="Dense_0")(block.act(temb))[:, None, None, :]
+    h = block.act(group_norm(out_ch, groups=None if groups is None else min(groups, out_ch),
+                             dtype=dt, name="GroupNorm_1")(h))
+    h = nn.Dropout(block.dropout)(h, deterministic=not train)
+    return x, ddpm_conv3x3(out_ch, init_scale=init_scale, dtype=dt, name="Conv_1")(h)
+
+
+def _ddpm_shortcut(block: nn.Module, x: Array, out_ch: int) -> Array:
+    """DDPM skip branch: identity, or ``Conv_2`` (3x3, ``conv_shortcut``) / ``NIN_0`` when the
+    width changes."""
+    if x.shape[-1] == out_ch:
         return x
+    if block.conv_shortcut:
+        return ddpm_conv3x3(out_ch, dtype=block.dtype, name="Conv_2")(x)
+    return NIN(out_ch, dtype=block.dtype, name="NIN_0")(x)
 
 
 class ResnetBlockDDPM(nn.Module):
@@ -305,23 +328,9 @@ class ResnetBlockDDPM(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
-        B, H, W, C = x.shape
-        out_ch = self.out_ch if self.out_ch else C
-        h = self.act(group_norm(C, groups=min(32, C), dtype=self.dtype, name="GroupNorm_0")(x))
-        h = ddpm_conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
-        if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype,
-                             name="Dense_0")(self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(out_ch, groups=min(32, out_ch), dtype=self.dtype,
-                                name="GroupNorm_1")(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = ddpm_conv3x3(out_ch, init_scale=0.0, dtype=self.dtype, name="Conv_1")(h)
-        if C != out_ch:
-            if self.conv_shortcut:
-                x = ddpm_conv3x3(out_ch, dtype=self.dtype, name="Conv_2")(x)
-            else:
-                x = NIN(out_ch, dtype=self.dtype, name="NIN_0")(x)
-        return x + h
+        out_ch = self.out_ch or x.shape[-1]
+        x, h = _residual(self, x, temb, train, out_ch=out_ch, groups=32, init_scale=0.0)
+        return _ddpm_shortcut(self, x, out_ch) + h
 
 
 class ResnetBlockDDPMpp(nn.Module):
@@ -337,24 +346,10 @@ class ResnetBlockDDPMpp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
-        B, H, W, C = x.shape
-        out_ch = self.out_ch if self.out_ch else C
-        h = self.act(group_norm(C, dtype=self.dtype, name="GroupNorm_0")(x))
-        h = ddpm_conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
-        if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype,
-                             name="Dense_0")(self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(out_ch, dtype=self.dtype, name="GroupNorm_1")(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = ddpm_conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype, name="Conv_1")(h)
-        if C != out_ch:
-            if self.conv_shortcut:
-                x = ddpm_conv3x3(out_ch, dtype=self.dtype, name="Conv_2")(x)
-            else:
-                x = NIN(out_ch, dtype=self.dtype, name="NIN_0")(x)
-        if not self.skip_rescale:
-            return x + h
-        return (x + h) / jnp.sqrt(2.0).astype(h.dtype)
+        out_ch = self.out_ch or x.shape[-1]
+        x, h = _residual(self, x, temb, train, out_ch=out_ch, groups=None,
+                         init_scale=self.init_scale)
+        return _skip_sum(_ddpm_shortcut(self, x, out_ch), h, self.skip_rescale)
 
 
 class ResnetBlockBigGANpp(nn.Module):
@@ -373,34 +368,14 @@ class ResnetBlockBigGANpp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
-        from jaxdiff.models import up_or_down_sampling as uds
-
-        B, H, W, C = x.shape
-        out_ch = self.out_ch if self.out_ch else C
-        h = self.act(group_norm(C, dtype=self.dtype, name="GroupNorm_0")(x))
-        if self.up:
-            if self.fir:
-                h = uds.upsample_2d(h, self.fir_kernel, factor=2)
-                x = uds.upsample_2d(x, self.fir_kernel, factor=2)
-            else:
-                h = uds.naive_upsample_2d(h, factor=2)
-                x = uds.naive_upsample_2d(x, factor=2)
-        elif self.down:
-            if self.fir:
-                h = uds.downsample_2d(h, self.fir_kernel, factor=2)
-                x = uds.downsample_2d(x, self.fir_kernel, factor=2)
-            else:
-                h = uds.naive_downsample_2d(h, factor=2)
-                x = uds.naive_downsample_2d(x, factor=2)
-        h = ddpm_conv3x3(out_ch, dtype=self.dtype, name="Conv_0")(h)
-        if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init(), dtype=self.dtype,
-                             name="Dense_0")(self.act(temb))[:, None, None, :]
-        h = self.act(group_norm(out_ch, dtype=self.dtype, name="GroupNorm_1")(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = ddpm_conv3x3(out_ch, init_scale=self.init_scale, dtype=self.dtype, name="Conv_1")(h)
+        C = x.shape[-1]
+        out_ch = self.out_ch or C
+        resample = None
+        if self.up or self.down:
+            def resample(a):
+                return _resample(a, self.up, self.fir, self.fir_kernel)
+        x, h = _residual(self, x, temb, train, out_ch=out_ch, groups=None,
+                         init_scale=self.init_scale, resample=resample)
         if C != out_ch or self.up or self.down:
             x = ddpm_conv1x1(out_ch, dtype=self.dtype, name="Conv_2")(x)
-        if not self.skip_rescale:
-            return x + h
-        return (x + h) / jnp.sqrt(2.0).astype(h.dtype)
+        return _skip_sum(x, h, self.skip_rescale)

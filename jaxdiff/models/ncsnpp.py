@@ -59,6 +59,34 @@ class _ClassEmbed(nn.Module):
         return e if temb is None else temb + e.astype(temb.dtype)
 
 
+def _check_channels(channels: int, num_channels: Optional[int]) -> None:
+    if num_channels is not None and channels != num_channels:
+        raise ValueError(f"input has {channels} channels, the model was configured for "
+                         f"num_channels={num_channels}")
+
+
+def _embed_conditions(net: nn.Module, temb: Optional[Array], y: Optional[Array], act,
+                      batch: int) -> Optional[Array]:
+    """The conditioning of the U-Nets, called inside ``net``'s compact ``__call__`` (``nf``,
+    ``conditional``, ``num_classes``, ``dtype``): the two-layer time-embedding MLP
+    (``Dense_0``, ``Dense_1``, width ``4 nf``; ``None`` when not ``conditional``), then the class
+    embedding ``label_embed`` of ``y`` when ``num_classes > 0``."""
+    width = net.nf * 4
+    if net.conditional:
+        temb = nn.Dense(width, kernel_init=layers.default_init(), dtype=net.dtype)(temb)
+        temb = nn.Dense(width, kernel_init=layers.default_init(), dtype=net.dtype)(act(temb))
+    else:
+        temb = None
+    if net.num_classes:
+        if y is None:
+            raise ValueError("this network is class-conditional (num_classes="
+                             f"{net.num_classes}): pass class labels y")
+        return _ClassEmbed(net.num_classes, width, name="label_embed")(temb, y, batch)
+    if y is not None:
+        raise ValueError("class labels y were given but the network has num_classes=0")
+    return temb
+
+
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ backbone.
 
@@ -124,9 +152,7 @@ class NCSNpp(nn.Module):
         if combine_method not in ("sum", "cat"):
             raise ValueError(f"progressive_combine must be 'sum' or 'cat', got {combine_method!r}")
         channels = x.shape[-1]
-        if self.num_channels is not None and channels != self.num_channels:
-            raise ValueError(f"input has {channels} channels, the model was configured for "
-                             f"num_channels={self.num_channels}")
+        _check_channels(channels, self.num_channels)
         labels = _labels_vector(labels, B)
         rescale = lambda a: (a / np.sqrt(2.0)).astype(a.dtype)  # noqa: E731
 
@@ -139,18 +165,7 @@ class NCSNpp(nn.Module):
         else:
             raise ValueError(f"embedding_type must be 'fourier' or 'positional', got {embedding_type!r}")
 
-        if self.conditional:
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dt)(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dt)(act(temb))
-        else:
-            temb = None
-        if self.num_classes:
-            if y is None:
-                raise ValueError("this network is class-conditional (num_classes="
-                                 f"{self.num_classes}): pass class labels y")
-            temb = _ClassEmbed(self.num_classes, nf * 4, name="label_embed")(temb, y, B)
-        elif y is not None:
-            raise ValueError("class labels y were given but the network has num_classes=0")
+        temb = _embed_conditions(self, temb, y, act, B)
 
         AttnBlock = functools.partial(layers.AttnBlockpp, init_scale=self.init_scale,
                                       skip_rescale=skip_rescale, dtype=dt)
@@ -288,24 +303,11 @@ class DDPM(nn.Module):
         in_dtype = x.dtype
         dt = self.dtype
         channels = x.shape[-1]
-        if self.num_channels is not None and channels != self.num_channels:
-            raise ValueError(f"input has {channels} channels, the model was configured for "
-                             f"num_channels={self.num_channels}")
+        _check_channels(channels, self.num_channels)
         labels = _labels_vector(labels, B)
 
-        if self.conditional:
-            temb = layers.get_timestep_embedding(labels, nf)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dt)(temb)
-            temb = nn.Dense(nf * 4, kernel_init=layers.default_init(), dtype=dt)(act(temb))
-        else:
-            temb = None
-        if self.num_classes:
-            if y is None:
-                raise ValueError("this network is class-conditional (num_classes="
-                                 f"{self.num_classes}): pass class labels y")
-            temb = _ClassEmbed(self.num_classes, nf * 4, name="label_embed")(temb, y, B)
-        elif y is not None:
-            raise ValueError("class labels y were given but the network has num_classes=0")
+        temb = layers.get_timestep_embedding(labels, nf) if self.conditional else None
+        temb = _embed_conditions(self, temb, y, act, B)
 
         ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, dropout=self.dropout,
                                         dtype=dt)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxdiff.models.layers import default_init
+from jaxdiff.models.initializers import default_init
 
 Array = jax.Array
 
