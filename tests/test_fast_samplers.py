@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxdiff.analytic import GaussianMixture
 from jaxdiff.eval.distances import sliced_wasserstein
 from jaxdiff.sde import SDE, SubVPSDE, VESDE, VPSDE, batch_broadcast
-from jaxdiff.samplers.adaptive import adaptive_sde_integrate
+from jaxdiff.samplers.adaptive import adaptive_sde_solve
 from jaxdiff.samplers.ddim import ddim_integrate, ddim_step
 from jaxdiff.samplers.dpm_solver import (
     dpm_solver_pp_integrate, inverse_lambda, marginal_lambda, time_grid)
@@ -216,8 +216,8 @@ def test_adaptive_sde_meets_its_tolerance(x64):
 
     @functools.partial(jax.jit, static_argnums=0)
     def solve(eps_rel):
-        return adaptive_sde_integrate(sde, score_fn, None, key, x_T, eps_rel=eps_rel,
-                                      eps_abs=eps_rel / 10)
+        return adaptive_sde_solve(sde, score_fn, None, x_T, sde.T, EPS, key=key, eps_rel=eps_rel,
+                                  eps_abs=eps_rel / 10)
 
     ref, _ = solve(2e-4)
     errs, iters = [], []

@@ -55,13 +55,13 @@ def test_reported_nfe_counts_every_evaluation(solver):
         np.testing.assert_allclose(y, np.exp(-(1e-3 + 0.5e-6) + 1.5), rtol=50 * tol)
 
 
-def test_denoise_adds_one_reverse_diffusion_step():
+def test_noise_removal_adds_one_reverse_diffusion_step():
     sde = jd.VESDE()
     gauss = jd.GaussianMixture.create([1.0], np.zeros((1, 2)), stds=1.0)
     sf = gauss.score_fn(sde)
     key = jax.random.key(3)
     x_plain, n_plain = ode_sampler(sde, sf, (16, 2), rtol=1e-4, atol=1e-4)(None, key)
-    x_den, n_den = ode_sampler(sde, sf, (16, 2), rtol=1e-4, atol=1e-4, denoise=True)(None, key)
+    x_den, n_den = ode_sampler(sde, sf, (16, 2), rtol=1e-4, atol=1e-4, noise_removal=True)(None, key)
     assert int(n_den) == int(n_plain) + 1
     # At eps the reverse-diffusion mean step adds G^2 * score with G^2 = sigma_0^2 (the first level).
     t = jnp.full((16,), 1e-3)

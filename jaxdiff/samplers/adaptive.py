@@ -30,12 +30,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.sde import batch_broadcast
-from jaxdiff.samplers.dpm_solver import check_scalar_schedule, data_prediction
-from jaxdiff.samplers.pc import constrain
+from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
 
 Array = jax.Array
 
-__all__ = ["AdaptiveInfo", "adaptive_sde_integrate", "adaptive_sde_sampler"]
+__all__ = ["AdaptiveInfo", "adaptive_sde_solve", "adaptive_sde_integrate", "adaptive_sde_sampler"]
 
 
 class AdaptiveInfo(NamedTuple):
@@ -77,20 +76,19 @@ def _validate(sde, eps, T, eps_abs, eps_rel, h_init, safety, exponent, max_itera
     return T
 
 
-def adaptive_sde_integrate(sde, score_fn, params, key: Array, x: Array, *, eps: float = 1e-3,
-                           T: Optional[float] = None, eps_abs: float = 0.0078,
-                           eps_rel: float = 0.05, h_init: float = 0.01, safety: float = 0.9,
-                           exponent: float = 0.9, max_iterations: int = 10_000,
-                           noise: str = "brownian_tree", brownian_tol: float = 1e-5,
-                           sharding=None) -> tuple[Array, AdaptiveInfo]:
-    """Integrate the reverse SDE from ``T`` to ``eps`` with tolerance-controlled steps.
+def adaptive_sde_solve(sde, score_fn, params, x: Array, t0: float, t1: float, *, key: Array,
+                       eps_abs: float = 0.0078, eps_rel: float = 0.05, h_init: float = 0.01,
+                       safety: float = 0.9, exponent: float = 0.9, max_iterations: int = 10_000,
+                       noise: str = "brownian_tree", brownian_tol: float = 1e-5,
+                       sharding=None, cond=None) -> tuple[Array, AdaptiveInfo]:
+    """Integrate the reverse SDE from ``t0`` down to ``t1`` with tolerance-controlled steps.
 
     Args:
       sde: the forward SDE (any SDE of the library: only ``sde.reverse`` is used).
       score_fn, params: the score function and its parameters.
+      x: state at ``t0``, shape ``(B, ...)``.
+      t0, t1: start and end times (``t1 < t0``; Python floats), e.g. ``sde.T`` and ``eps``.
       key: PRNG key of the Brownian motion.
-      x: state at ``T``, shape ``(B, ...)``.
-      eps, T: end and start times (``T`` defaults to ``sde.T``).
       eps_abs, eps_rel: absolute and relative tolerances (paper defaults 0.0078, 0.05).
       h_init: first step size; safety (``theta``) and exponent (``r``) of the controller (0.9, 0.9).
       max_iterations: bound on batched proposals (the loop stops there even if unfinished;
@@ -103,14 +101,16 @@ def adaptive_sde_integrate(sde, score_fn, params, key: Array, x: Array, *, eps: 
         accept/reject decisions depend on the noise and bias the samples (wider than the truth,
         increasingly so at tight tolerances; see ``docs/samplers.md``).
       sharding: optional sharding constraint of the state.
+      cond: optional condition, passed to the score as its fourth argument.
 
     Returns:
-      ``(x at eps, info)`` with :class:`AdaptiveInfo`; the number of score evaluations is
-      ``2 * info.iterations``.
+      ``(x at t1, info)`` with :class:`AdaptiveInfo`; the number of score evaluations is
+      ``2 * info.iterations`` (:func:`adaptive_sde_integrate` returns it).
     """
-    T = _validate(sde, eps, T, eps_abs, eps_rel, h_init, safety, exponent, max_iterations, noise,
-                  brownian_tol)
-    rsde = sde.reverse(score_fn, probability_flow=False)
+    T, eps = t0, t1
+    _validate(sde, eps, T, eps_abs, eps_rel, h_init, safety, exponent, max_iterations, noise,
+              brownian_tol)
+    rsde = sde.reverse(bind_cond(score_fn, cond), probability_flow=False)
     batch = x.shape[0]
     dt = x.dtype
     n = x[0].size
@@ -178,6 +178,14 @@ def adaptive_sde_integrate(sde, score_fn, params, key: Array, x: Array, *, eps: 
     return x, AdaptiveInfo(i, acc, rej, emax, t)
 
 
+def adaptive_sde_integrate(sde, score_fn, params, x: Array, t0: float, t1: float, *,
+                           key: Array, **options) -> tuple[Array, Array]:
+    """:func:`adaptive_sde_solve` in the integrate contract: ``(x at t1, nfe)`` with ``nfe =
+    2 * iterations`` (int32). ``options`` are those of :func:`adaptive_sde_solve`."""
+    x, info = adaptive_sde_solve(sde, score_fn, params, x, t0, t1, key=key, **options)
+    return x, 2 * info.iterations
+
+
 def adaptive_sde_sampler(sde, score_fn, shape: tuple[int, ...], *, eps_abs: float = 0.0078,
                          eps_rel: float = 0.05, h_init: float = 0.01, safety: float = 0.9,
                          exponent: float = 0.9, eps: float = 1e-3, T: Optional[float] = None,
@@ -189,34 +197,25 @@ def adaptive_sde_sampler(sde, score_fn, shape: tuple[int, ...], *, eps_abs: floa
     Args:
       sde: the forward SDE; score_fn: ``score_fn(params, x, t) -> score``; shape: ``(B, ...)``.
       eps_abs, eps_rel, h_init, safety, exponent, max_iterations, noise, brownian_tol: see
-        :func:`adaptive_sde_integrate`.
+        :func:`adaptive_sde_solve`.
       eps, T: end and start times.
       denoise: return the Tweedie estimate ``(x + sigma^2 score) / alpha`` at ``eps`` (one more
         evaluation; needs scalar ``alpha, sigma``).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted; ``nfe = 2 * iterations (+1)`` batched score
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted; ``nfe = 2 * iterations (+1)`` batched score
       evaluations (it varies with the key). The prior draw uses ``split(key)[0]``.
     """
-    if denoise:
-        check_scalar_schedule(sde)
-    x0_fn = data_prediction(sde, score_fn)
-    options = dict(eps=eps, T=T, eps_abs=eps_abs, eps_rel=eps_rel, h_init=h_init, safety=safety,
+    T = _validate(sde, eps, T, eps_abs, eps_rel, h_init, safety, exponent, max_iterations, noise,
+                  brownian_tol)
+    options = dict(eps_abs=eps_abs, eps_rel=eps_rel, h_init=h_init, safety=safety,
                    exponent=exponent, max_iterations=max_iterations, noise=noise,
                    brownian_tol=brownian_tol, sharding=sharding)
-    _validate(sde, eps, T, eps_abs, eps_rel, h_init, safety, exponent, max_iterations, noise,
-                  brownian_tol)
 
-    @jax.jit
-    def sample(params, key):
-        k_prior, k_loop = jax.random.split(key)
-        x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
-        x, info = adaptive_sde_integrate(sde, score_fn, params, k_loop, x, **options)
-        nfe = 2 * info.iterations
-        if denoise:
-            x = constrain(x0_fn(params, x, jnp.asarray(eps, dtype)), sharding)
-            nfe = nfe + 1
-        return x, nfe.astype(jnp.int32)
+    def integrate(score_fn, params, key, x, ts):
+        return adaptive_sde_integrate(sde, score_fn, params, x, T, eps, key=key, **options)
 
-    return sample
+    solver = Solver(integrate, lambda dt: jnp.asarray([T, eps], dt))
+    return make_sampler(sde, score_fn, shape, solver, denoise=denoise, dtype=dtype,
+                        sharding=sharding)

@@ -21,13 +21,13 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.samplers.dpm_solver import (
+from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
+from jaxdiff.samplers.schedule import (
     check_scalar_schedule, data_prediction, log_alpha_sigma, time_grid)
-from jaxdiff.samplers.pc import constrain
 
 Array = jax.Array
 
-__all__ = ["ddim_step", "ddim_integrate", "ddim_sampler"]
+__all__ = ["ddim_step", "ddim_integrate", "ddim_sampler", "ddim_nfe"]
 
 
 def ddim_step(x: Array, x0_hat: Array, key: Optional[Array], log_alpha_sigma_s, log_alpha_sigma_t,
@@ -60,7 +60,7 @@ def ddim_step(x: Array, x0_hat: Array, key: Optional[Array], log_alpha_sigma_s, 
 
 
 def ddim_integrate(sde, score_fn, params, x: Array, ts: Array, *, key: Optional[Array] = None,
-                   eta: float = 0.0, sharding=None) -> tuple[Array, int]:
+                   eta: float = 0.0, sharding=None, cond=None) -> tuple[Array, int]:
     """Run DDIM along the descending time grid ``ts`` (one ``lax.scan``).
 
     Args:
@@ -71,6 +71,7 @@ def ddim_integrate(sde, score_fn, params, x: Array, ts: Array, *, key: Optional[
       key: PRNG key, required when ``eta != 0`` (folded with the step index).
       eta: stochasticity (see :func:`ddim_step`).
       sharding: optional sharding constraint of the state.
+      cond: optional condition, passed to the score as its fourth argument.
 
     Returns:
       ``(x at ts[-1], nfe)``, ``nfe = num_steps`` (a Python int).
@@ -78,7 +79,7 @@ def ddim_integrate(sde, score_fn, params, x: Array, ts: Array, *, key: Optional[
     stochastic = not (isinstance(eta, (int, float)) and eta == 0)
     if stochastic and key is None:
         raise ValueError(f"ddim with eta={eta} needs a PRNG key")
-    x0_fn = data_prediction(sde, score_fn)
+    x0_fn = data_prediction(sde, bind_cond(score_fn, cond))
     la, ls = log_alpha_sigma(sde, ts)
 
     def body(x, i):
@@ -90,6 +91,11 @@ def ddim_integrate(sde, score_fn, params, x: Array, ts: Array, *, key: Optional[
     num_steps = ts.shape[0] - 1
     x, _ = jax.lax.scan(body, x, jnp.arange(num_steps))
     return x, num_steps
+
+
+def ddim_nfe(num_steps: int, *, denoise: bool = False, **_) -> int:
+    """Score evaluations of :func:`ddim_sampler`: one per step, one more with ``denoise``."""
+    return int(num_steps) + int(bool(denoise))
 
 
 def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, eta: float = 0.0,
@@ -105,28 +111,21 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
       eta: ``0`` deterministic DDIM, ``1`` ancestral sampling; in between interpolates.
       grid: ``'time_uniform'`` (default), ``'time_quadratic'``, ``'logsnr'`` or ``'karras'``.
       eps, T: end and start times.
-      denoise: return ``x0_hat`` at ``eps`` (one more evaluation).
+      denoise: return the Tweedie ``x0_hat`` at ``eps`` (one more evaluation).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted. The prior draw uses ``split(key)[0]``.
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted. The prior draw uses ``split(key)[0]``.
     """
     check_scalar_schedule(sde)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     time_grid(sde, num_steps, grid=grid, eps=eps, T=T)  # validate eagerly
-    x0_fn = data_prediction(sde, score_fn)
 
-    @jax.jit
-    def sample(params, key):
-        k_prior, k_loop = jax.random.split(key)
-        x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
-        ts = time_grid(sde, num_steps, grid=grid, eps=eps, T=T, dtype=dtype)
-        x, nfe = ddim_integrate(sde, score_fn, params, x, ts, key=k_loop, eta=eta,
-                                sharding=sharding)
-        if denoise:
-            x = constrain(x0_fn(params, x, ts[-1]), sharding)
-            nfe += 1
-        return x, jnp.asarray(nfe, jnp.int32)
+    def integrate(score_fn, params, key, x, ts):
+        return ddim_integrate(sde, score_fn, params, x, ts, key=key, eta=eta, sharding=sharding)
 
-    return sample
+    solver = Solver(integrate, lambda dt: time_grid(sde, num_steps, grid=grid, eps=eps, T=T,
+                                                    dtype=dt))
+    return make_sampler(sde, score_fn, shape, solver, denoise=denoise, dtype=dtype,
+                        sharding=sharding)

@@ -30,158 +30,18 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxdiff import sde as sde_lib
-from jaxdiff.samplers.pc import constrain
+from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
+from jaxdiff.samplers.schedule import (  # noqa: F401 - re-exported (their home before schedule.py)
+    GRIDS, check_scalar_schedule, data_prediction, inverse_lambda, log_alpha_sigma,
+    marginal_lambda, time_grid)
 
 Array = jax.Array
 
 __all__ = [
     "log_alpha_sigma", "marginal_lambda", "inverse_lambda", "time_grid", "data_prediction",
-    "dpm_solver_pp_integrate", "dpm_solver_pp_sampler", "GRIDS",
+    "dpm_solver_pp_integrate", "dpm_solver_pp_sampler", "dpm_solver_pp_nfe", "GRIDS",
 ]
-
-GRIDS = ("logsnr", "time_uniform", "time_quadratic", "karras")
-
-
-# ---- the noise schedule in log-SNR form ------------------------------------------------------
-def check_scalar_schedule(sde) -> None:
-    """Raise a clear error when ``sde`` has no scalar ``(alpha(t), sigma(t))`` (e.g. multi-speed)."""
-    if not isinstance(sde, sde_lib.SDE):
-        raise TypeError(f"sde must be a jaxdiff.sde.SDE, got {type(sde).__name__}")
-    try:
-        shapes = jax.eval_shape(sde.marginal_coeffs, jax.ShapeDtypeStruct((), jnp.float32))
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise ValueError(
-            f"{type(sde).__name__} does not give scalar marginal coefficients (alpha(t), sigma(t)); "
-            "the fast samplers need them") from e
-    if any(s.shape != () for s in shapes):
-        raise ValueError(
-            f"{type(sde).__name__} has per-coordinate marginal coefficients of shapes "
-            f"{[s.shape for s in shapes]}; the fast samplers need scalar alpha(t), sigma(t)")
-
-
-def log_alpha_sigma(sde, t: Array) -> tuple[Array, Array]:
-    """``(log alpha(t), log sigma(t))`` of the perturbation kernel, in closed form for the VP,
-    sub-VP and VE SDEs (accurate near ``t = 0``) and from ``sde.marginal_coeffs`` otherwise.
-
-    Args:
-      sde: a linear SDE with scalar coefficients.
-      t: times, any shape.
-
-    Returns:
-      two arrays of the shape of ``t``.
-    """
-    t = jnp.asarray(t)
-    if isinstance(sde, sde_lib.VPSDE):
-        lmc = sde.log_mean_coeff(t)
-        return lmc, 0.5 * jnp.log(-jnp.expm1(2.0 * lmc))
-    if isinstance(sde, sde_lib.SubVPSDE):
-        lmc = sde.log_mean_coeff(t)
-        return lmc, jnp.log(-jnp.expm1(2.0 * lmc))
-    if isinstance(sde, sde_lib.VESDE):
-        log_sigma = jnp.log(sde.sigma_min) + t * (jnp.log(sde.sigma_max) - jnp.log(sde.sigma_min))
-        return jnp.zeros_like(log_sigma), log_sigma
-    alpha, sigma = sde.marginal_coeffs(t)
-    return jnp.log(alpha), jnp.log(sigma)
-
-
-def marginal_lambda(sde, t: Array) -> Array:
-    """Half log-SNR ``lambda(t) = log(alpha(t) / sigma(t))`` (decreasing in ``t``)."""
-    la, ls = log_alpha_sigma(sde, t)
-    return la - ls
-
-
-def _t_of_log_mean_coeff(sde, lmc: Array) -> Array:
-    """Solve ``-(b1 - b0) t^2 / 4 - b0 t / 2 = lmc`` for ``t >= 0`` (the linear-beta schedule),
-    in the cancellation-free form ``t = -2 lmc / (b0/2 + sqrt(b0^2/4 - (b1 - b0) lmc))``."""
-    b0, db = sde.beta_min, sde.beta_max - sde.beta_min
-    return -2.0 * lmc / (0.5 * b0 + jnp.sqrt(0.25 * b0**2 - db * lmc))
-
-
-def inverse_lambda(sde, lam: Array, *, num_bisections: int = 60) -> Array:
-    """The time ``t`` with ``marginal_lambda(sde, t) == lam``.
-
-    Closed form for VP, sub-VP and VE (also outside ``[0, T]``, e.g. for EDM's churn); other SDEs
-    use ``num_bisections`` bisection steps on ``[0, T]`` (a ``fori_loop``, jittable).
-    """
-    lam = jnp.asarray(lam)
-    if isinstance(sde, sde_lib.VPSDE):
-        # alpha^2 = sigmoid(2 lam)  ->  lmc = log_sigmoid(2 lam) / 2
-        return _t_of_log_mean_coeff(sde, 0.5 * jax.nn.log_sigmoid(2.0 * lam))
-    if isinstance(sde, sde_lib.SubVPSDE):
-        # sigma/alpha = (1 - a)/sqrt(a) = s with a = alpha^2  ->  a = 2 / (2 + s^2 + s sqrt(s^2 + 4))
-        s = jnp.exp(-lam)
-        log_a = jnp.log(2.0) - jnp.log(2.0 + s**2 + s * jnp.sqrt(s**2 + 4.0))
-        return _t_of_log_mean_coeff(sde, 0.5 * log_a)
-    if isinstance(sde, sde_lib.VESDE):
-        return (-lam - jnp.log(sde.sigma_min)) / (jnp.log(sde.sigma_max) - jnp.log(sde.sigma_min))
-
-    def body(_, bounds):
-        lo, hi = bounds
-        mid = 0.5 * (lo + hi)
-        above = marginal_lambda(sde, mid) > lam  # lambda decreases: the root is later than mid
-        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-    lo = jnp.zeros_like(lam)
-    lo, hi = jax.lax.fori_loop(0, num_bisections, body, (lo, jnp.full_like(lam, sde.T)))
-    return 0.5 * (lo + hi)
-
-
-def time_grid(sde, num_steps: int, *, grid: str = "logsnr", eps: float = 1e-3,
-              T: Optional[float] = None, rho: float = 7.0, dtype=jnp.float32) -> Array:
-    """Descending times ``t_0 = T > t_1 > ... > t_num_steps = eps`` of a fast sampler.
-
-    Args:
-      sde: the forward SDE.
-      num_steps: number of intervals (``>= 1``).
-      grid: ``'logsnr'`` (uniform in ``lambda``), ``'time_uniform'``, ``'time_quadratic'`` (uniform
-        in ``sqrt(t)``, DDIM's quadratic grid) or ``'karras'`` (uniform in ``(sigma/alpha)^(1/rho)``).
-      eps: last time; T: first time (default ``sde.T``).
-      rho: exponent of the ``'karras'`` grid.
-
-    Returns:
-      array of shape ``(num_steps + 1,)``.
-    """
-    if int(num_steps) < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    T = sde.T if T is None else T
-    if not 0.0 <= eps < T:
-        raise ValueError(f"need 0 <= eps < T, got eps={eps}, T={T}")
-    u = jnp.linspace(0.0, 1.0, int(num_steps) + 1, dtype=dtype)
-    if grid == "time_uniform":
-        ts = T + u * (eps - T)
-    elif grid == "time_quadratic":
-        ts = (jnp.sqrt(T) + u * (jnp.sqrt(eps) - jnp.sqrt(T))) ** 2
-    elif grid in ("logsnr", "karras"):
-        if eps <= 0.0:
-            raise ValueError(f"grid {grid!r} needs eps > 0 (finite log-SNR), got eps={eps}")
-        lam_T = marginal_lambda(sde, jnp.asarray(T, dtype))
-        lam_e = marginal_lambda(sde, jnp.asarray(eps, dtype))
-        if grid == "logsnr":
-            lam = lam_T + u * (lam_e - lam_T)
-        else:
-            s_max, s_min = jnp.exp(-lam_T / rho), jnp.exp(-lam_e / rho)
-            lam = -rho * jnp.log(s_max + u * (s_min - s_max))
-        ts = inverse_lambda(sde, lam)
-        ts = ts.at[0].set(T).at[-1].set(eps)  # exact end points
-    else:
-        raise ValueError(f"unknown time grid {grid!r}; choose one of {GRIDS}")
-    return ts.astype(dtype)
-
-
-def data_prediction(sde, score_fn):
-    """``x0_hat(params, x, t) = (x + sigma(t)^2 score(x, t)) / alpha(t)`` for a scalar time ``t``
-    (the score network is called with a ``(B,)`` time vector)."""
-
-    def x0_fn(params, x, t):
-        la, ls = log_alpha_sigma(sde, t)
-        score = score_fn(params, x, jnp.full((x.shape[0],), t, x.dtype))
-        return ((x + jnp.exp(2.0 * ls).astype(x.dtype) * score)
-                * jnp.exp(-la).astype(x.dtype))
-
-    return x0_fn
 
 
 def _phis(h: Array) -> tuple[Array, Array, Array]:
@@ -231,7 +91,7 @@ def _step_orders(num_steps: int, order: int, lower_order_final: bool) -> list[in
 
 def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order: int = 2,
                             method: str = "multistep", lower_order_final: bool = True,
-                            sharding=None) -> tuple[Array, int]:
+                            sharding=None, cond=None) -> tuple[Array, int]:
     """Integrate the probability-flow ODE with DPM-Solver++ along the time grid ``ts``.
 
     Args:
@@ -246,6 +106,7 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
       lower_order_final: multistep only: with fewer than 15 steps, lower the order of the final
         steps (the reference implementation's stabiliser for very few steps).
       sharding: optional sharding constraint for the ``(B, ...)`` state.
+      cond: optional condition, passed to the score as its fourth argument.
 
     Returns:
       ``(x at ts[-1], nfe)`` with ``nfe`` a Python int.
@@ -257,7 +118,7 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
     num_steps = ts.shape[0] - 1
     if num_steps < 1:
         raise ValueError(f"the time grid needs at least 2 points, got shape {ts.shape}")
-    x0_fn = data_prediction(sde, score_fn)
+    x0_fn = data_prediction(sde, bind_cond(score_fn, cond))
     la, ls = log_alpha_sigma(sde, ts)
     lams = la - ls
     alphas, sigmas = jnp.exp(la), jnp.exp(ls)
@@ -346,6 +207,14 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
     return x, num_steps
 
 
+def dpm_solver_pp_nfe(num_steps: int, *, order: int = 2, method: str = "multistep",
+                      denoise: bool = False, **_) -> int:
+    """Score evaluations of :func:`dpm_solver_pp_sampler`: ``num_steps`` (multistep) or ``order *
+    num_steps`` (single-step), one more with ``denoise``."""
+    per = 1 if method == "multistep" else int(order)
+    return per * int(num_steps) + int(bool(denoise))
+
+
 def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
                           order: int = 2, method: str = "multistep", grid: str = "logsnr",
                           eps: float = 1e-3, T: Optional[float] = None,
@@ -363,11 +232,11 @@ def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: i
         method='multistep'`` is DPM-Solver++(2M), ``order=2, method='singlestep'`` is (2S).
       grid: time grid, one of :data:`GRIDS` (see :func:`time_grid`).
       eps, T: end and start times.
-      denoise: return the data prediction ``x0_hat`` at ``eps`` (one more evaluation).
+      denoise: return the Tweedie data prediction ``x0_hat`` at ``eps`` (one more evaluation).
       dtype: dtype of the samples; sharding: optional sharding of the ``(B, ...)`` state.
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted; ``x`` of shape ``shape``, ``nfe`` an int32.
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted; ``x`` of shape ``shape``, ``nfe`` an int32.
       The prior draw uses ``split(key)[0]`` (as every sampler of the registry).
     """
     check_scalar_schedule(sde)
@@ -376,18 +245,12 @@ def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: i
     if method not in ("multistep", "singlestep"):
         raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
     time_grid(sde, num_steps, grid=grid, eps=eps, T=T)  # validate arguments eagerly
-    x0_fn = data_prediction(sde, score_fn)
 
-    @jax.jit
-    def sample(params, key):
-        k_prior, _ = jax.random.split(key)  # same prior draw as the other samplers
-        x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
-        ts = time_grid(sde, num_steps, grid=grid, eps=eps, T=T, dtype=dtype)
-        x, nfe = dpm_solver_pp_integrate(sde, score_fn, params, x, ts, order=order, method=method,
-                                         lower_order_final=lower_order_final, sharding=sharding)
-        if denoise:
-            x = constrain(x0_fn(params, x, ts[-1]), sharding)
-            nfe += 1
-        return x, jnp.asarray(nfe, jnp.int32)
+    def integrate(score_fn, params, key, x, ts):  # deterministic: the key is unused
+        return dpm_solver_pp_integrate(sde, score_fn, params, x, ts, order=order, method=method,
+                                       lower_order_final=lower_order_final, sharding=sharding)
 
-    return sample
+    solver = Solver(integrate, lambda dt: time_grid(sde, num_steps, grid=grid, eps=eps, T=T,
+                                                    dtype=dt))
+    return make_sampler(sde, score_fn, shape, solver, denoise=denoise, dtype=dtype,
+                        sharding=sharding)

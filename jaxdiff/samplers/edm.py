@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.samplers.dpm_solver import (
+from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
+from jaxdiff.samplers.schedule import (
     check_scalar_schedule, data_prediction, inverse_lambda, log_alpha_sigma, marginal_lambda)
-from jaxdiff.samplers.pc import constrain
 
 Array = jax.Array
 
-__all__ = ["karras_sigmas", "edm_integrate", "edm_sampler"]
+__all__ = ["karras_sigmas", "edm_integrate", "edm_sampler", "edm_nfe"]
 
 
 def karras_sigmas(num: int, sigma_min, sigma_max, rho: float = 7.0, dtype=jnp.float32) -> Array:
@@ -42,7 +42,7 @@ def karras_sigmas(num: int, sigma_min, sigma_max, rho: float = 7.0, dtype=jnp.fl
 
 def edm_integrate(sde, score_fn, params, x: Array, sigmas: Array, *, key: Optional[Array] = None,
                   s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
-                  s_noise: float = 1.0, sharding=None) -> tuple[Array, int]:
+                  s_noise: float = 1.0, sharding=None, cond=None) -> tuple[Array, int]:
     """Heun (EDM) integration of the scaled state along descending noise levels ``sigmas``.
 
     Args:
@@ -55,6 +55,7 @@ def edm_integrate(sde, score_fn, params, x: Array, sigmas: Array, *, key: Option
       s_churn, s_tmin, s_tmax, s_noise: EDM's stochasticity; ``gamma_i = min(s_churn / (M - 1),
         sqrt(2) - 1)`` where ``s_tmin <= sigma_i <= s_tmax``.
       sharding: optional sharding constraint of the state.
+      cond: optional condition, passed to the score as its fourth argument.
 
     Returns:
       ``(x, nfe)``: the unscaled state at ``sigmas[-1]`` (``x~`` itself when it is 0, i.e. the
@@ -74,7 +75,7 @@ def edm_integrate(sde, score_fn, params, x: Array, sigmas: Array, *, key: Option
         to_zero = bool(np.asarray(sigmas)[-1] == 0)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         raise ValueError("edm_integrate needs concrete sigmas (known at trace time)") from None
-    x0_fn = data_prediction(sde, score_fn)
+    x0_fn = data_prediction(sde, bind_cond(score_fn, cond))
     dt = x.dtype
 
     def t_of(sig):
@@ -116,6 +117,12 @@ def edm_integrate(sde, score_fn, params, x: Array, sigmas: Array, *, key: Option
     return xs * jnp.exp(la1).astype(dt), 2 * n_heun
 
 
+def edm_nfe(num_steps: int, *, denoise: bool = True, **_) -> int:
+    """Score evaluations of :func:`edm_sampler`: ``2 num_steps - 1`` with ``denoise`` (the last
+    step is an Euler step to ``sigma = 0``), ``2 num_steps`` without."""
+    return 2 * int(num_steps) - int(bool(denoise))
+
+
 def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, rho: float = 7.0,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                 s_noise: float = 1.0, eps: float = 1e-3, T: Optional[float] = None,
@@ -135,11 +142,12 @@ def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, r
       rho: schedule exponent (7 in EDM).
       s_churn, s_tmin, s_tmax, s_noise: stochastic churn (``s_churn = 0``: deterministic Alg. 1).
       eps, T: times of the smallest and largest noise level.
-      denoise: end at ``sigma = 0`` as EDM does.
+      denoise: end at ``sigma = 0`` as EDM does: the last Euler step returns the Tweedie data
+        prediction ``x0_hat`` at ``eps`` (the library-wide meaning of ``denoise``).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted; the prior draw uses ``split(key)[0]``.
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted; the prior draw uses ``split(key)[0]``.
     """
     check_scalar_schedule(sde)
     T = sde.T if T is None else T
@@ -155,12 +163,11 @@ def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, r
     else:
         sigmas = karras_sigmas(num_steps + 1, sig_min, sig_max, rho, dtype)
 
-    @jax.jit
-    def sample(params, key):
-        k_prior, k_loop = jax.random.split(key)
-        x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
-        x, nfe = edm_integrate(sde, score_fn, params, x, sigmas, key=k_loop, s_churn=s_churn,
-                               s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, sharding=sharding)
-        return x, jnp.asarray(nfe, jnp.int32)
+    def integrate(score_fn, params, key, x, sigmas):
+        return edm_integrate(sde, score_fn, params, x, sigmas, key=key, s_churn=s_churn,
+                             s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, sharding=sharding)
 
-    return sample
+    # the grid is the noise levels (concrete: edm_integrate reads whether the last one is 0);
+    # ``denoise`` is built into it, so the builder adds no Tweedie step of its own
+    solver = Solver(integrate, lambda dt: sigmas)
+    return make_sampler(sde, score_fn, shape, solver, dtype=dtype, sharding=sharding)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import diffrax
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.samplers.pc import constrain
+from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
 from jaxdiff.samplers.predictors import reverse_diffusion
 
 Array = jax.Array
@@ -51,14 +50,6 @@ def solve_ode(vector_field, y0, t0: float, t1: float, args, *, solver: str = "do
     return y1, nfe_of(sol.stats["num_steps"]).astype(jnp.int32)
 
 
-def bind_cond(score_fn, cond):
-    """``score_fn`` itself when ``cond`` is None, else ``(params, x, t) -> score_fn(params, x, t,
-    cond)`` (the one conditional-score convention: condition fourth, positional)."""
-    if cond is None:
-        return score_fn
-    return lambda params, x, t: score_fn(params, x, t, cond)
-
-
 def ode_integrate(sde, score_fn, params, x, t0, t1, *, solver: str = "dopri5",
                   rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 8192, sharding=None,
                   cond=None):
@@ -90,7 +81,7 @@ def ode_integrate(sde, score_fn, params, x, t0, t1, *, solver: str = "dopri5",
 
 
 def ode_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 1e-5, atol: float = 1e-5,
-                solver: str = "dopri5", eps: float = 1e-3, denoise: bool = False,
+                solver: str = "dopri5", eps: float = 1e-3, noise_removal: bool = False,
                 dtype=jnp.float32, sharding=None, max_steps: int = 8192):
     """Sample by integrating the probability-flow ODE from ``T`` down to ``eps``.
 
@@ -99,26 +90,28 @@ def ode_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 1e-5, at
       rtol, atol: tolerances of the adaptive solver.
       solver: ``'dopri5'`` (default, RK45 as in the paper), ``'tsit5'``, ``'bosh3'`` or ``'heun'``.
       eps: end time of the integration.
-      denoise: finish with one reverse-diffusion mean step at ``eps`` (one more evaluation).
+      noise_removal: finish with the mean of one reverse-diffusion step at ``eps`` (one more
+        evaluation), score_sde's ODE-sampler ``denoise``.
       sharding: optional sharding of the ``(B, ...)`` state.
       max_steps: bound on solver steps.
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted; ``nfe`` counts every score evaluation.
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted; ``nfe`` counts every score
+      evaluation.
     """
     get_solver(solver)  # validate the name now, not at the first call
     batch = shape[0]
-    denoiser = reverse_diffusion(sde, score_fn, probability_flow=False)
 
-    @jax.jit
-    def sample(params, key):
-        k_prior, k_denoise = jax.random.split(key)
-        x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
+    def integrate(score_fn, params, key, x, ts):
+        # the span as Python floats (as diffrax got it before the builder existed): ts == [T, eps]
         x, nfe = ode_integrate(sde, score_fn, params, x, sde.T, eps, solver=solver, rtol=rtol,
                                atol=atol, max_steps=max_steps, sharding=sharding)
-        if denoise:
-            _, x = denoiser.update(params, k_denoise, x, jnp.full((batch,), eps, x.dtype))
+        if noise_removal:
+            denoiser = reverse_diffusion(sde, score_fn, probability_flow=False)
+            _, x = denoiser.update(params, key, x, jnp.full((batch,), eps, x.dtype))
             nfe = nfe + 1
-        return constrain(x, sharding), nfe
+        return x, nfe
 
-    return sample
+    grid = lambda dt: jnp.asarray([sde.T, eps], dt)  # noqa: E731
+    return make_sampler(sde, score_fn, shape, Solver(integrate, grid), dtype=dtype,
+                        sharding=sharding)

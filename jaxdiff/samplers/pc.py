@@ -6,29 +6,13 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType, Mesh, NamedSharding
 
+from jaxdiff.samplers.base import Solver, constrain, make_sampler
 from jaxdiff.samplers.predictors import Step, get_corrector, get_predictor
 
 Array = jax.Array
 
-__all__ = ["pc_step", "pc_loop", "pc_sampler", "constrain"]
-
-
-def constrain(x: Array, sharding) -> Array:
-    """Lay ``x`` out as ``sharding`` (e.g. the batch over a ``data`` axis); a no-op for ``None``.
-
-    The samplers use sharding *hints* (``with_sharding_constraint`` on a mesh with Auto axes), which
-    compose with diffrax's solver loops; a mesh made with Explicit axes (``jax.make_mesh``'s default)
-    is viewed with Auto axes for this. Call the samplers outside an Explicit-axes ``jax.set_mesh``.
-    """
-    if sharding is None:
-        return x
-    mesh = getattr(sharding, "mesh", None)
-    if isinstance(mesh, Mesh) and any(a != AxisType.Auto for a in mesh.axis_types):
-        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
-        sharding = NamedSharding(mesh, sharding.spec, memory_kind=sharding.memory_kind)
-    return jax.lax.with_sharding_constraint(x, sharding)
+__all__ = ["pc_step", "pc_loop", "pc_integrate", "pc_sampler", "pc_nfe", "constrain"]
 
 
 def pc_step(sde, score_fn, *, predictor="euler_maruyama", corrector=None, snr: float = 0.16,
@@ -56,37 +40,77 @@ def pc_step(sde, score_fn, *, predictor="euler_maruyama", corrector=None, snr: f
 
 
 def pc_loop(step: Step, params, key: Array, x: Array, timesteps: Array, *, sharding=None,
-            transform: Optional[Callable] = None) -> tuple[Array, Array]:
+            transform: Optional[Callable] = None, first_index: int = 0) -> tuple[Array, Array]:
     """Run ``step`` at each of ``timesteps`` (descending) inside one ``fori_loop``.
 
     ``transform(params, key, x, x_mean, t) -> (x, x_mean)``, if given, runs after every step (data
-    consistency for inverse problems). Returns the last ``(x, x_mean)``.
+    consistency for inverse problems). Step ``i`` draws its noise from ``fold_in(key, first_index
+    + i)`` (``first_index``: where ``timesteps`` starts in a longer grid run in pieces, e.g. the
+    stages of :func:`jaxdiff.multiscale.multiscale_sampler`). Returns the last ``(x, x_mean)``, in
+    the dtype of ``x`` (updates computed in a wider dtype, e.g. from float64 schedule constants,
+    are cast back).
     """
     batch = x.shape[0]
+    dtype = x.dtype
 
     def body(i, carry):
         x, x_mean = carry
         t = jnp.full((batch,), timesteps[i], x.dtype)
-        k = jax.random.fold_in(key, i)
+        k = jax.random.fold_in(key, i + first_index)
         if transform is not None:
             k, k_transform = jax.random.split(k)
         x, x_mean = step.update(params, k, x, t)
         if transform is not None:
             x, x_mean = transform(params, k_transform, x, x_mean, t)
-        return constrain(x, sharding), constrain(x_mean, sharding)
+        return constrain(x.astype(dtype), sharding), constrain(x_mean.astype(dtype), sharding)
 
     return jax.lax.fori_loop(0, timesteps.shape[0], body, (x, x))
+
+
+def pc_integrate(sde, score_fn, params, x: Array, ts: Array, *, key: Array,
+                 predictor="euler_maruyama", corrector=None, snr: float = 0.16,
+                 n_corrector_steps: int = 1, probability_flow: bool = False,
+                 noise_removal: bool = True, sharding=None) -> tuple[Array, int]:
+    """Run the predictor-corrector loop at each of the descending times ``ts``.
+
+    Args:
+      sde: the forward SDE (its ``N`` and discrete schedule set the predictor's step ``-T / N``).
+      score_fn, params: ``score_fn(params, x, t)`` and its parameters.
+      x: the ``(B, ...)`` state at ``ts[0]``.
+      ts: the times of the ``len(ts)`` steps (``linspace(T, eps, N)`` for :func:`pc_sampler`).
+      key: PRNG key of the noise.
+      predictor, corrector, snr, n_corrector_steps, probability_flow: see :func:`pc_step`.
+      noise_removal: return the noise-free mean of the last update (score_sde's noise removal,
+        no extra evaluation) instead of the noisy state.
+      sharding: optional sharding of the state.
+
+    Returns:
+      ``(x, nfe)``, ``nfe`` a Python int: ``len(ts)`` times the step's evaluations.
+    """
+    step = pc_step(sde, score_fn, predictor=predictor, corrector=corrector, snr=snr,
+                   n_corrector_steps=n_corrector_steps, probability_flow=probability_flow)
+    x, x_mean = pc_loop(step, params, key, x, ts, sharding=sharding)
+    return (x_mean if noise_removal else x), step.nfe * ts.shape[0]
+
+
+def pc_nfe(num_steps: int, *, predictor="euler_maruyama", corrector=None,
+           n_corrector_steps: int = 1, **_) -> int:
+    """Score evaluations of :func:`pc_sampler` with ``num_steps`` steps: one per predictor step
+    and ``n_corrector_steps`` per corrector step."""
+    per = (1 if predictor else 0) + (n_corrector_steps if corrector else 0)
+    return per * int(num_steps)
 
 
 def pc_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="euler_maruyama",
                corrector=None, snr: float = 0.16, n_corrector_steps: int = 1,
                probability_flow: bool = False, num_steps: Optional[int] = None,
-               denoise: bool = True, eps: float = 1e-3, dtype=jnp.float32, sharding=None):
+               noise_removal: bool = True, eps: float = 1e-3, dtype=jnp.float32, sharding=None):
     """Predictor-corrector sampler (Song et al. 2021, Alg. 1).
 
     Args:
       sde: the forward SDE.
-      score_fn: ``score_fn(params, x, t) -> score`` with ``x`` of shape ``shape`` and ``t`` ``(B,)``.
+      score_fn: ``score_fn(params, x, t) -> score`` with ``x`` of shape ``shape`` and ``t`` ``(B,)``
+        (``score_fn(params, x, t, cond)`` when sampling with a ``cond``).
       shape: ``(B, *event_shape)`` of the samples.
       predictor: ``'euler_maruyama' | 'reverse_diffusion' | 'ancestral' | None`` or a factory.
       corrector: ``'langevin' | 'ald' | None`` or a factory.
@@ -94,26 +118,24 @@ def pc_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="euler_maruya
       probability_flow: use the probability-flow ODE in the predictor.
       num_steps: number of time steps (default ``sde.N``); the SDE's discrete schedule and the step
         ``dt = -T / num_steps`` follow it.
-      denoise: return the noise-free mean of the last step.
+      noise_removal: return the noise-free mean of the last step (no extra evaluation).
       eps: the last time (the grid is ``linspace(T, eps, num_steps)``).
       sharding: optional sharding of the ``(B, ...)`` state, e.g. ``NamedSharding(mesh, P('data'))``.
         The batch stays sharded through the loop (see :func:`constrain`).
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted; ``nfe`` is the number of score evaluations.
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted; ``nfe`` is the number of score
+      evaluations.
     """
     if num_steps is not None:
         sde = sde.with_steps(num_steps)
-    step = pc_step(sde, score_fn, predictor=predictor, corrector=corrector, snr=snr,
+    options = dict(predictor=predictor, corrector=corrector, snr=snr,
                    n_corrector_steps=n_corrector_steps, probability_flow=probability_flow)
-    nfe = step.nfe * sde.N
+    pc_step(sde, score_fn, **options)  # validate the options now, not at the first call
 
-    @jax.jit
-    def sample(params, key):
-        k_prior, k_loop = jax.random.split(key)
-        x = constrain(sde.prior_sampling(k_prior, shape, dtype), sharding)
-        timesteps = jnp.linspace(sde.T, eps, sde.N, dtype=dtype)
-        x, x_mean = pc_loop(step, params, k_loop, x, timesteps, sharding=sharding)
-        return (x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
+    def integrate(score_fn, params, key, x, ts):
+        return pc_integrate(sde, score_fn, params, x, ts, key=key, noise_removal=noise_removal,
+                            sharding=sharding, **options)
 
-    return sample
+    solver = Solver(integrate, lambda dt: jnp.linspace(sde.T, eps, sde.N, dtype=dt))
+    return make_sampler(sde, score_fn, shape, solver, dtype=dtype, sharding=sharding)

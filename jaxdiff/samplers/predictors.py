@@ -158,7 +158,7 @@ def langevin(sde, score_fn, snr: float = 0.16, n_steps: int = 1) -> Step:
             grad = score_fn(params, x, t)
             noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
             ratio = snr * _per_example_norm_mean(noise) / _per_example_norm_mean(grad)
-            step = batch_broadcast(ratio**2 * 2.0 * alpha, x)
+            step = batch_broadcast(ratio**2 * 2.0 * alpha, x).astype(x.dtype)
             x_mean = x + step * grad
             return x_mean + jnp.sqrt(2.0 * step) * noise, x_mean
 
@@ -179,7 +179,7 @@ def ald(sde, score_fn, snr: float = 0.16, n_steps: int = 1) -> Step:
             x, _ = carry
             grad = score_fn(params, x, t)
             noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-            step = batch_broadcast((snr * std) ** 2 * 2.0 * alpha, x)
+            step = batch_broadcast((snr * std) ** 2 * 2.0 * alpha, x).astype(x.dtype)
             x_mean = x + step * grad
             return x_mean + jnp.sqrt(2.0 * step) * noise, x_mean
 

@@ -1,8 +1,12 @@
 """One entry point for every sampler: ``get_sampler(name, sde, score_fn, shape, **options)``.
 
-Every sampler returns a jitted ``sample(params, key) -> (x, nfe)`` (``x`` of ``shape``, ``nfe`` the
-int32 number of batched score evaluations), draws its prior sample from ``split(key)[0]``, takes
-``dtype=`` and ``sharding=`` and runs its steps in ``lax.scan`` / ``fori_loop`` / ``while_loop``.
+Every sampler returns a jitted ``sample(params, key, cond=None) -> (x, nfe)`` (``x`` of ``shape``,
+``nfe`` the int32 number of batched score evaluations; a non-None ``cond`` is passed to the score as
+``score_fn(params, x, t, cond)``), is built by :func:`jaxdiff.samplers.base.make_sampler` (prior
+draw from ``split(key)[0]``), takes ``dtype=`` and ``sharding=`` and runs its steps in ``lax.scan``
+/ ``fori_loop`` / ``while_loop``. Each registered name declares its exact score-evaluation count
+``nfe(num_steps, **options)`` (``None`` for the adaptive samplers), which
+:func:`num_steps_for_nfe` inverts.
 
 Names (``available_samplers()`` lists them; aliases fix some options):
 
@@ -22,41 +26,53 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from jaxdiff.samplers.adaptive import adaptive_sde_sampler
-from jaxdiff.samplers.ddim import ddim_sampler
-from jaxdiff.samplers.dpm_solver import dpm_solver_pp_sampler
-from jaxdiff.samplers.edm import edm_sampler
+from jaxdiff.samplers.ddim import ddim_nfe, ddim_sampler
+from jaxdiff.samplers.dpm_solver import dpm_solver_pp_nfe, dpm_solver_pp_sampler
+from jaxdiff.samplers.edm import edm_nfe, edm_sampler
 from jaxdiff.samplers.ode import ode_sampler
-from jaxdiff.samplers.pc import pc_sampler
+from jaxdiff.samplers.pc import pc_nfe, pc_sampler
 
 __all__ = ["get_sampler", "register_sampler", "available_samplers", "num_steps_for_nfe",
-           "SamplerSpec"]
+           "sampler_options", "SamplerSpec"]
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler factory ``factory(sde, score_fn, shape, **options)`` and the options its name
-    fixes (an alias such as ``dpm_solver++_2m`` fixes ``order`` and ``method``)."""
+    """A sampler factory ``factory(sde, score_fn, shape, **options)``, the options its name fixes
+    (an alias such as ``dpm_solver++_2m`` fixes ``order`` and ``method``) and its declared
+    score-evaluation count ``nfe(num_steps, **options) -> int`` (``None``: adaptive, the count
+    depends on tolerances and data)."""
 
     factory: Callable[..., Callable]
     fixed: dict = dataclasses.field(default_factory=dict)
+    nfe: Optional[Callable[..., int]] = None
 
 
 _SAMPLERS: dict[str, SamplerSpec] = {}
 
 
-def register_sampler(name: str, factory: Callable[..., Callable], **fixed: Any) -> None:
-    """Register ``factory`` under ``name``; ``fixed`` options are set by the name and may not be
-    overridden with other values in :func:`get_sampler`."""
+def register_sampler(name: str, factory: Callable[..., Callable], *,
+                     nfe: Optional[Callable[..., int]] = None, **fixed: Any) -> None:
+    """Register ``factory`` under ``name``.
+
+    Args:
+      name: the name for :func:`get_sampler`.
+      factory: ``factory(sde, score_fn, shape, **options) -> sample(params, key, cond=None)``.
+      nfe: ``nfe(num_steps, **options) -> int``, the exact number of score evaluations with
+        ``num_steps`` steps (it receives every option of the factory, defaults filled in); leave it
+        ``None`` for adaptive samplers.
+      **fixed: options set by the name; :func:`get_sampler` refuses other values for them.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"sampler name must be a non-empty string, got {name!r}")
     params = inspect.signature(factory).parameters
     bad = [k for k in fixed if k not in params]
     if bad:
         raise ValueError(f"{factory.__name__} has no option(s) {bad}")
-    _SAMPLERS[name] = SamplerSpec(factory, dict(fixed))
+    _SAMPLERS[name] = SamplerSpec(factory, dict(fixed), nfe)
 
 
 def available_samplers() -> list[str]:
@@ -86,7 +102,7 @@ def get_sampler(name: str, sde, score_fn, shape: tuple[int, ...], **options: Any
         naming it and listing the valid ones.
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted.
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted.
     """
     spec = _spec(name)
     params = inspect.signature(spec.factory).parameters
@@ -105,51 +121,56 @@ def get_sampler(name: str, sde, score_fn, shape: tuple[int, ...], **options: Any
     return spec.factory(sde, score_fn, tuple(shape), **kwargs)
 
 
+def sampler_options(name: str) -> dict[str, Any]:
+    """The keyword options sampler ``name`` takes, with their defaults (the values its name fixes
+    included: passing one of those with the same value is accepted)."""
+    spec = _spec(name)
+    params = inspect.signature(spec.factory).parameters
+    opts = {k: p.default for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
+    return {**opts, **spec.fixed}
+
+
 def num_steps_for_nfe(name: str, nfe: int, **options: Any) -> int:
     """The ``num_steps`` that makes sampler ``name`` use at most ``nfe`` score evaluations (for
-    comparisons at equal NFE). Not defined for the adaptive samplers (``'ode'``, ``'adaptive'``),
-    whose NFE depends on their tolerances.
+    comparisons at equal NFE): the largest ``num_steps`` whose declared count
+    ``spec.nfe(num_steps, **options)`` is ``<= nfe``. Not defined for the adaptive samplers
+    (``'ode'``, ``'adaptive'``), whose NFE depends on their tolerances.
 
     ``pc``: ``nfe / (1 + n_corrector_steps)`` with a corrector; DDIM and multistep DPM-Solver++:
     ``nfe`` (minus 1 with ``denoise``); single-step DPM-Solver++: ``nfe // order``; EDM:
     ``(nfe + 1) // 2`` with ``denoise`` (``2 n - 1`` evaluations), ``nfe // 2`` without.
     """
     spec = _spec(name)
-    opts = {**options, **spec.fixed}
-    factory = spec.factory
-    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    get = lambda k: opts.get(k, defaults.get(k))  # noqa: E731
-    nfe = int(nfe)
-    if factory is pc_sampler:
-        per = (1 if get("predictor") else 0) + (get("n_corrector_steps") if get("corrector") else 0)
-        steps = nfe // max(per, 1)
-    elif factory is ddim_sampler:
-        steps = nfe - (1 if get("denoise") else 0)
-    elif factory is dpm_solver_pp_sampler:
-        avail = nfe - (1 if get("denoise") else 0)
-        steps = avail if get("method") == "multistep" else avail // get("order")
-    elif factory is edm_sampler:
-        steps = (nfe + 1) // 2 if get("denoise") else nfe // 2
-    else:
+    if spec.nfe is None:
         raise ValueError(f"sampler {name!r} has no fixed step count (its NFE is adaptive)")
-    if steps < 1:
-        raise ValueError(f"nfe={nfe} is too small for sampler {name!r} with options {options}")
-    return steps
+    opts = {**sampler_options(name), **options, **spec.fixed}
+    opts.pop("num_steps", None)
+    budget = int(nfe)
+    count = lambda n: spec.nfe(n, **opts)  # noqa: E731
+    if count(1) > budget:
+        raise ValueError(f"nfe={budget} is too small for sampler {name!r} with options {options}")
+    lo, hi = 1, 2  # the count grows with num_steps: bracket, then bisect
+    while count(hi) <= budget and hi <= budget + 1:  # every step costs >= 1 (EDM: 2n - 1)
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(mid) <= budget else (lo, mid)
+    return lo
 
 
-register_sampler("pc", pc_sampler)
-register_sampler("euler_maruyama", pc_sampler, predictor="euler_maruyama", corrector=None)
+register_sampler("pc", pc_sampler, nfe=pc_nfe)
+register_sampler("euler_maruyama", pc_sampler, nfe=pc_nfe, predictor="euler_maruyama",
+                 corrector=None)
 register_sampler("ode", ode_sampler)
-register_sampler("ddim", ddim_sampler)
-register_sampler("dpm_solver++", dpm_solver_pp_sampler)
+register_sampler("ddim", ddim_sampler, nfe=ddim_nfe)
+register_sampler("dpm_solver++", dpm_solver_pp_sampler, nfe=dpm_solver_pp_nfe)
 for _order in (2, 3):
-    register_sampler(f"dpm_solver++_{_order}m", dpm_solver_pp_sampler, order=_order,
-                     method="multistep")
-    register_sampler(f"dpm_solver++_{_order}s", dpm_solver_pp_sampler, order=_order,
-                     method="singlestep")
-register_sampler("edm", edm_sampler)
-register_sampler("edm_heun", edm_sampler)
+    register_sampler(f"dpm_solver++_{_order}m", dpm_solver_pp_sampler, nfe=dpm_solver_pp_nfe,
+                     order=_order, method="multistep")
+    register_sampler(f"dpm_solver++_{_order}s", dpm_solver_pp_sampler, nfe=dpm_solver_pp_nfe,
+                     order=_order, method="singlestep")
+register_sampler("edm", edm_sampler, nfe=edm_nfe)
+register_sampler("edm_heun", edm_sampler, nfe=edm_nfe)
 register_sampler("adaptive", adaptive_sde_sampler)
 register_sampler("gotta_go_fast", adaptive_sde_sampler)
 del _order
