@@ -75,7 +75,8 @@ def run(size: int, steps: int, batch: int, repeats: int, channels: int, nf: int)
         "uniform_s_per_sample": t_uni / batch, "multiscale_s_per_sample": t_ms / batch,
         "speedup": t_uni / t_ms, "ideal_speedup": ideal_speedup(ms, steps),
         "schedule": ms.schedule(steps), "compile_s": {"uniform": c_uni, "multiscale": c_ms},
-        "device": str(jax.devices()[0].platform), "num_params": models.count_params(model, (1, size, size, channels)),
+        "device": str(jax.devices()[0].platform),
+        "num_params": models.count_params(model, (1, size, size, channels)),
     }
 
 
@@ -107,7 +108,7 @@ def cdiffe_bias(sde_name: str = "vp", n: int = 2000, steps: int = 100) -> None:
                         ("CMDE", 0.5), ("CDiffE", 1.0)]:
         if name == "CDE":
             est = ConditionalEstimator.cde(base)
-            score = lambda p, x, yy, t: shared(post, base)(p, x, t)
+            score = lambda p, x, t, yy: shared(post, base)(p, x, t)
         else:
             est = (ConditionalEstimator.cdiffe(base) if speed == 1.0
                    else ConditionalEstimator.cmde(base, speed))

@@ -3,9 +3,10 @@
 Batzolis, Stanczuk, Schönlieb, Etmann, "Conditional Image Generation with Score-Based Diffusion
 Models" (2021), and the multi-speed view of "Non-Uniform Diffusion Models" (2022).
 
-A *conditional score function* is ``cond_score_fn(params, x, y, t) -> array like x``: the network
-sees the diffused ``x_t`` (shape ``(B, *x_shape)``), a version ``y_t`` of the condition
-(``(B, *y_shape)``) and ``t`` (scalar or ``(B,)``).
+A *conditional score function* is ``cond_score_fn(params, x, t, y) -> array like x`` (the
+library's one convention: time third, condition fourth, positional): the network sees the diffused
+``x_t`` (shape ``(B, *x_shape)``), ``t`` (scalar or ``(B,)``) and a version ``y_t`` of the condition
+(``(B, *y_shape)``).
 
 * **CDE** (conditional denoising estimator): only ``x`` diffuses; the network sees the clean ``y``
   and learns ``grad_x log p_t(x_t | y)`` directly.
@@ -30,14 +31,17 @@ stacked along channels. :func:`observe` makes the observations of the paper's ta
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxdiff.losses import dsm_per_example, perturb
 from jaxdiff.multispeed import MultiSpeedSDE
-from jaxdiff.samplers.pc import constrain, pc_step
+from jaxdiff.samplers.base import keep_dtype
+from jaxdiff.samplers.pc import constrain, pc_loop, pc_step
+from jaxdiff.samplers.predictors import Step
 from jaxdiff.sde import SDE, batch_broadcast
 
 Array = jax.Array
@@ -53,18 +57,14 @@ __all__ = [
 ESTIMATORS = ("cde", "cdiffe", "cmde")
 
 
-def _reduce(losses: Array, reduce_mean: bool) -> Array:
-    flat = losses.reshape(losses.shape[0], -1)
-    return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
-
-
 def split_batch(batch) -> tuple[Array, Array]:
     """``(x, y)`` from a batch given as a pair or a dict with keys ``'x'`` and ``'y'``."""
     if isinstance(batch, dict):
         try:
             return batch["x"], batch["y"]
         except KeyError:
-            raise ValueError(f"a conditional batch dict needs keys 'x' and 'y', got {sorted(batch)}") from None
+            raise ValueError(
+                f"a conditional batch dict needs keys 'x' and 'y', got {sorted(batch)}") from None
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     raise ValueError(f"a conditional batch is (x, y) or {{'x': x, 'y': y}}, got {type(batch).__name__}")
@@ -83,21 +83,21 @@ class ConditionalEstimator(struct.PyTreeNode):
     """
 
     x_sde: SDE
-    y_sde: Optional[SDE]
+    y_sde: SDE | None
     name: str = struct.field(pytree_node=False, default="cde")
 
     @classmethod
-    def cde(cls, x_sde: SDE) -> "ConditionalEstimator":
+    def cde(cls, x_sde: SDE) -> ConditionalEstimator:
         """Conditional denoising estimator: ``y`` is never diffused."""
         return cls(x_sde=x_sde, y_sde=None, name="cde")
 
     @classmethod
-    def cdiffe(cls, x_sde: SDE) -> "ConditionalEstimator":
+    def cdiffe(cls, x_sde: SDE) -> ConditionalEstimator:
         """Conditional diffusive estimator: ``y`` diffuses with ``x_sde``."""
         return cls(x_sde=x_sde, y_sde=x_sde, name="cdiffe")
 
     @classmethod
-    def cmde(cls, x_sde: SDE, y_speed: float) -> "ConditionalEstimator":
+    def cmde(cls, x_sde: SDE, y_speed: float) -> ConditionalEstimator:
         """Conditional multi-speed diffusive estimator: ``y`` diffuses with ``x_sde`` at speed
         ``y_speed`` (in ``(0, 1]``; 1 is CDiffE)."""
         if not (0.0 < float(y_speed) <= 1.0):
@@ -124,7 +124,7 @@ class ConditionalEstimator(struct.PyTreeNode):
         speeds = jnp.concatenate([jnp.ones((x_dim,), s.dtype), jnp.broadcast_to(s, (y_dim,))])
         return MultiSpeedSDE.create(self.x_sde, speeds)
 
-    def diffuse_y(self, key: Array, y: Array, t: Array, z: Optional[Array] = None) -> Array:
+    def diffuse_y(self, key: Array, y: Array, t: Array, z: Array | None = None) -> Array:
         """A draw of ``y_t ~ p_{0t}(y_t | y)`` (``y`` itself for CDE).
 
         Args:
@@ -143,17 +143,18 @@ class ConditionalEstimator(struct.PyTreeNode):
     # ---- training ---------------------------------------------------------------------------
     def loss(self, cond_score_fn: CondScoreFn, *, reduce_mean: bool = True,
              likelihood_weighting: bool = False, eps: float = 1e-5,
-             rng_kwarg: Optional[str] = None):
+             rng_kwarg: str | None = None):
         """Denoising score matching for the estimator's target.
 
         ``t ~ U(eps, T)``, ``x_t = alpha_x x + sigma_x z_x``, ``y_t`` from :meth:`diffuse_y`; the
         per-example loss is ``reduce(|s sigma_x + z_x|^2)`` with ``s = cond_score_fn(params, x_t,
-        y_t, t)``, or with ``likelihood_weighting`` ``reduce(|s + z_x / sigma_x|^2) g_x(t)^2``. Its
+        t, y_t)`` (:func:`jaxdiff.losses.dsm_per_example`), or with ``likelihood_weighting``
+        ``reduce(|s + z_x / sigma_x|^2) g_x(t)^2``. Its
         minimiser is ``E[-z_x / sigma_x | x_t, y_t] = grad_x log p_t(x_t, y_t)`` (the ``x``-part of
         the joint score; for CDE, ``grad_x log p_t(x_t | y)``).
 
         Args:
-          cond_score_fn: ``cond_score_fn(params, x, y, t)``.
+          cond_score_fn: ``cond_score_fn(params, x, t, y)``.
           reduce_mean: mean (else sum) over data dimensions.
           likelihood_weighting: weight by ``g(t)^2 / sigma(t)^2`` instead of 1 (in ``sigma``-units).
           eps: smallest time.
@@ -172,17 +173,12 @@ class ConditionalEstimator(struct.PyTreeNode):
             k_t, k_x, k_y, k_net = jax.random.split(key, 4)
             t = jax.random.uniform(k_t, (x.shape[0],), x.dtype, eps, x_sde.T)
             z = jax.random.normal(k_x, x.shape, x.dtype)
-            mean, std = x_sde.marginal_prob(x, t)
-            std_b = batch_broadcast(std, x)
-            x_t = mean + std_b * z
+            x_t, std = perturb(x_sde, x, t, z)
             y_t = self.diffuse_y(k_y, y, t)
             kwargs = {} if rng_kwarg is None else {rng_kwarg: k_net}
-            score = cond_score_fn(params, x_t, y_t, t, **kwargs)
-            if likelihood_weighting:
-                _, g = x_sde.sde(jnp.zeros_like(x), t)
-                losses = _reduce(jnp.square(score + z / std_b), reduce_mean) * g**2
-            else:
-                losses = _reduce(jnp.square(score * std_b + z), reduce_mean)
+            score = cond_score_fn(params, x_t, t, y_t, **kwargs)
+            g2 = x_sde.sde(jnp.zeros_like(x), t)[1] ** 2 if likelihood_weighting else None
+            losses = dsm_per_example(score, z, std, g2=g2, reduce_mean=reduce_mean)
             return jnp.mean(losses), {"losses": losses, "t": t}
 
         return loss_fn
@@ -190,64 +186,66 @@ class ConditionalEstimator(struct.PyTreeNode):
     # ---- sampling ---------------------------------------------------------------------------
     def pc_sampler(self, cond_score_fn: CondScoreFn, shape: tuple[int, ...], *,
                    predictor="euler_maruyama", corrector=None, snr: float = 0.16,
-                   n_corrector_steps: int = 1, num_steps: Optional[int] = None,
-                   denoise: bool = True, eps: float = 1e-3, resample_y: bool = True,
+                   n_corrector_steps: int = 1, num_steps: int | None = None,
+                   noise_removal: bool = True, eps: float = 1e-3, resample_y: bool = True,
                    dtype=jnp.float32, sharding=None):
         """Predictor-corrector sampler of ``x ~ p(x | y)``.
 
-        The reverse SDE of ``x_sde`` runs in one ``fori_loop``; at each step the score is
-        ``cond_score_fn(params, x, y_t, t)`` with ``y_t`` from :meth:`diffuse_y` (a fresh draw
-        per step, as in the paper, or one fixed noise path with ``resample_y=False``; CDE uses ``y``).
+        The reverse SDE of ``x_sde`` runs in the library's one predictor-corrector loop
+        (:func:`jaxdiff.samplers.pc_loop`); at each step the score is
+        ``cond_score_fn(params, x, t, y_t)`` with ``y_t`` from :meth:`diffuse_y` (a fresh draw per
+        step, as in the paper, or one fixed noise path with ``resample_y=False``; CDE uses ``y``).
 
         Args:
-          cond_score_fn: ``cond_score_fn(params, x, y, t)``.
+          cond_score_fn: ``cond_score_fn(params, x, t, y)``.
           shape: ``(B, *x_shape)``.
           predictor, corrector, snr, n_corrector_steps: as for :func:`jaxdiff.samplers.pc_sampler`.
           num_steps: time steps (default ``x_sde.N``).
-          denoise: return the noise-free mean of the last step.
+          noise_removal: return the noise-free mean of the last update (score_sde's noise
+            removal, no extra evaluation) instead of the noisy state.
           eps: last time.
           resample_y: fresh ``y_t`` each step (else one noise draw for the whole path).
           sharding: optional sharding of the ``(B, ...)`` state.
 
         Returns:
-          ``sample(params, key, y) -> (x, nfe)``, jitted; ``y`` is ``(B, *y_shape)`` (one condition
-          per sample; broadcast a single one to draw many samples of the same posterior).
+          ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` is ``y``, of shape
+          ``(B, *y_shape)`` (one condition per sample; broadcast a single one to draw many samples
+          of the same posterior).
         """
         x_sde = self.x_sde if num_steps is None else self.x_sde.with_steps(num_steps)
-        n_steps = x_sde.N
+        n_steps = x_sde.N  # type: ignore[attr-defined]  # every concrete SDE declares N
         est = self
-        probe = pc_step(x_sde, lambda p, x, t: x, predictor=predictor, corrector=corrector,
-                        snr=snr, n_corrector_steps=n_corrector_steps)
-        nfe = probe.nfe * n_steps
+        score = keep_dtype(cond_score_fn)
+        # the inner step's "params" are (params, y_t): the condition of the current step.
+        inner = pc_step(x_sde, lambda py, x, t: score(py[0], x, t, py[1]), predictor=predictor,
+                        corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps)
+        nfe = inner.nfe * n_steps
 
         @jax.jit
-        def sample(params, key, y):
-            if y.shape[0] != shape[0]:
-                raise ValueError(f"y has batch {y.shape[0]}, the samples {shape[0]}: give one y per sample")
+        def sample(params, key, cond=None):
+            y = cond
+            if y is None or y.shape[0] != shape[0]:
+                raise ValueError(f"y has batch {None if y is None else y.shape[0]}, the samples "
+                                 f"{shape[0]}: give one y per sample")
             k_prior, k_path, k_loop = jax.random.split(key, 3)
             x = constrain(x_sde.prior_sampling(k_prior, shape, dtype), sharding)
             y = y.astype(dtype)
             z_path = jax.random.normal(k_path, y.shape, dtype)
             timesteps = jnp.linspace(x_sde.T, eps, n_steps, dtype=dtype)
 
-            def body(i, carry):
-                x, x_mean = carry
-                t = jnp.full((shape[0],), timesteps[i], dtype)
-                k_y, k_step = jax.random.split(jax.random.fold_in(k_loop, i))
+            def update(params, k, x, t):
+                k_y, k_step = jax.random.split(k)
                 y_t = est.diffuse_y(k_y, y, t, z=None if resample_y else z_path)
-                step = pc_step(x_sde, lambda p, xx, tt: cond_score_fn(p, xx, y_t, tt),
-                               predictor=predictor, corrector=corrector, snr=snr,
-                               n_corrector_steps=n_corrector_steps)
-                x, x_mean = step.update(params, k_step, x, t)
-                return constrain(x, sharding), constrain(x_mean, sharding)
+                return inner.update((params, y_t), k_step, x, t)
 
-            x, x_mean = jax.lax.fori_loop(0, n_steps, body, (x, x))
-            return (x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
+            x, x_mean = pc_loop(Step(update, inner.nfe), params, k_loop, x, timesteps,
+                                sharding=sharding)
+            return (x_mean if noise_removal else x), jnp.asarray(nfe, jnp.int32)
 
         return sample
 
 
-def get_estimator(name: str, x_sde: SDE, *, y_speed: Optional[float] = None) -> ConditionalEstimator:
+def get_estimator(name: str, x_sde: SDE, *, y_speed: float | None = None) -> ConditionalEstimator:
     """The estimator ``name`` in ``'cde' | 'cdiffe' | 'cmde'`` (``y_speed`` is needed by CMDE only)."""
     if name == "cde":
         return ConditionalEstimator.cde(x_sde)
@@ -262,7 +260,7 @@ def get_estimator(name: str, x_sde: SDE, *, y_speed: Optional[float] = None) -> 
 
 # ---- score functions ------------------------------------------------------------------------
 def joint_to_conditional(joint_score_fn: Callable, x_shape: tuple, y_shape: tuple) -> CondScoreFn:
-    """``cond_score_fn(params, x, y, t)`` from a score of the flat joint state ``[x, y]``.
+    """``cond_score_fn(params, x, t, y)`` from a score of the flat joint state ``[x, y]``.
 
     ``joint_score_fn(params, xy, t)`` acts on ``(B, Dx + Dy)``; the result is the ``x``-part of its
     output reshaped to ``x_shape`` (the CDiffE / CMDE score, or with the exact mixture score of
@@ -270,7 +268,7 @@ def joint_to_conditional(joint_score_fn: Callable, x_shape: tuple, y_shape: tupl
     """
     dx, dy = math.prod(x_shape), math.prod(y_shape)
 
-    def cond_score_fn(params, x, y, t, **kwargs):
+    def cond_score_fn(params, x, t, y, **kwargs):
         b = x.shape[0]
         xy = jnp.concatenate([x.reshape(b, dx), y.reshape(b, dy).astype(x.dtype)], axis=-1)
         return joint_score_fn(params, xy, t, **kwargs)[:, :dx].reshape(x.shape)
@@ -296,7 +294,7 @@ def concat_conditional(score_fn: Callable, x_channels: int) -> CondScoreFn:
     ``y`` of lower resolution (super-resolution) is upsampled (nearest) to ``x``'s size.
     """
 
-    def cond_score_fn(params, x, y, t, **kwargs):
+    def cond_score_fn(params, x, t, y, **kwargs):
         if x.shape[-1] != x_channels:
             raise ValueError(f"x has {x.shape[-1]} channels, expected {x_channels}")
         if y.ndim == 4 and y.shape[1:3] != x.shape[1:3]:
@@ -343,7 +341,7 @@ def sobel_edges(x: Array) -> Array:
 TASKS = ("super_resolution", "inpainting", "edges")
 
 
-def observe(task: str, x: Array, *, factor: int = 2, mask: Optional[Array] = None) -> Array:
+def observe(task: str, x: Array, *, factor: int = 2, mask: Array | None = None) -> Array:
     """The condition ``y`` of a task for clean images ``x`` of shape ``(B, H, W, C)``.
 
     * ``'super_resolution'``: ``downsample(x, factor)``;
@@ -416,7 +414,7 @@ def make_observe(sec, image_size: int) -> Callable[[Array], Array]:
 def get_conditional_loss(sec, x_sde: SDE, score_fn: Callable, *, image_size: int,
                          channels: int, reduce_mean: bool = True,
                          likelihood_weighting: bool = False, eps: float = 1e-5,
-                         rng_kwarg: Optional[str] = None):
+                         rng_kwarg: str | None = None):
     """Training loss of a conditional experiment over plain image batches.
 
     Args:

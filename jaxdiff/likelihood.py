@@ -9,7 +9,6 @@ or the Skilling-Hutchinson estimate ``E[v^T (df~/dx) v]`` with one fixed Rademac
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ def _sum_per_example(v: Array) -> Array:
     return jnp.sum(v, axis=tuple(range(1, v.ndim)))
 
 
-def log_likelihood(sde, score_fn, *, hutchinson: Optional[str] = "rademacher",
+def log_likelihood(sde, score_fn, *, hutchinson: str | None = "rademacher",
                    rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
                    solver: str = "dopri5", max_steps: int = 8192):
     """Log-likelihood of data under the probability-flow ODE of ``score_fn``.

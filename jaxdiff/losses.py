@@ -10,8 +10,6 @@ Score functions that need randomness in training (dropout) can be called with it
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -20,12 +18,43 @@ from jaxdiff.sde import batch_broadcast
 
 Array = jax.Array
 
-__all__ = ["score_matching_loss", "ddpm_loss", "smld_loss", "get_loss"]
+__all__ = ["score_matching_loss", "ddpm_loss", "smld_loss", "get_loss", "dsm_per_example",
+           "perturb"]
 
 
 def _reduce(losses: Array, reduce_mean: bool) -> Array:
     flat = losses.reshape(losses.shape[0], -1)
     return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
+
+
+def perturb(sde, x: Array, t: Array, z: Array) -> tuple[Array, Array]:
+    """``(x_t, std)`` with ``x_t = mean(t) x + std(t) z`` from ``sde.marginal_prob``; ``std``
+    broadcast against ``x`` (``(B, 1, ...)`` for a uniform SDE, ``x``'s shape for a multi-speed
+    one)."""
+    mean, std = sde.marginal_prob(x, t)
+    std = batch_broadcast(std, x)
+    return mean + std * z, std
+
+
+def dsm_per_example(score: Array, z: Array, std: Array, *, g2: Array | None = None,
+                    reduce_mean: bool = True) -> Array:
+    """The one denoising-score-matching body: per-example losses ``(B,)``.
+
+    ``reduce(|score * std + z|^2)`` (the weighting ``lambda(t) = std(t)^2``), or, given the squared
+    diffusion ``g2`` ``(B,)``, the likelihood weighting ``reduce(|score + z / std|^2) * g2``
+    (Song et al. 2021b). ``reduce`` is the mean over the data dimensions, or the sum when
+    ``reduce_mean=False``.
+
+    Args:
+      score: the network's score at ``x_t = mean + std z``, shape ``(B, ...)``.
+      z: the standard normal noise of the perturbation, shape of ``score``.
+      std: the marginal std broadcastable to ``score`` (``(B, 1, ...)`` or per coordinate).
+      g2: ``g(t)^2`` of shape ``(B,)`` for the likelihood weighting, else ``None``.
+      reduce_mean: mean (else sum) over data dimensions.
+    """
+    if g2 is None:
+        return _reduce(jnp.square(score * std + z), reduce_mean)
+    return _reduce(jnp.square(score + z / std), reduce_mean) * g2
 
 
 def _call(score_fn, params, x, t, key, rng_kwarg):
@@ -37,12 +66,13 @@ def _call(score_fn, params, x, t, key, rng_kwarg):
 def _check_batch(batch):
     if not hasattr(batch, "shape") or batch.ndim < 2:
         raise ValueError(
-            f"batch must be an array of shape (B, ...) with B >= 1, got {getattr(batch, 'shape', type(batch))}")
+            "batch must be an array of shape (B, ...) with B >= 1, got "
+            f"{getattr(batch, 'shape', type(batch))}")
 
 
 def score_matching_loss(sde, score_fn, *, reduce_mean: bool = True,
                         likelihood_weighting: bool = False, eps: float = 1e-5,
-                        rng_kwarg: Optional[str] = None):
+                        rng_kwarg: str | None = None):
     """Continuous-time denoising score matching.
 
     ``t ~ U(eps, T)``, ``x_t = mean(t) x_0 + std(t) z``; the per-example loss is
@@ -57,15 +87,10 @@ def score_matching_loss(sde, score_fn, *, reduce_mean: bool = True,
         k_t, k_z, k_net = jax.random.split(key, 3)
         t = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype, eps, sde.T)
         z = jax.random.normal(k_z, batch.shape, batch.dtype)
-        mean, std = sde.marginal_prob(batch, t)
-        std_b = batch_broadcast(std, batch)
-        x_t = mean + std_b * z
+        x_t, std = perturb(sde, batch, t, z)
         score = _call(score_fn, params, x_t, t, k_net, rng_kwarg)
-        if likelihood_weighting:
-            _, g = sde.sde(jnp.zeros_like(batch), t)
-            losses = _reduce(jnp.square(score + z / std_b), reduce_mean) * g**2
-        else:
-            losses = _reduce(jnp.square(score * std_b + z), reduce_mean)
+        g2 = sde.sde(jnp.zeros_like(batch), t)[1] ** 2 if likelihood_weighting else None
+        losses = dsm_per_example(score, z, std, g2=g2, reduce_mean=reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t}
 
     return loss_fn
@@ -88,13 +113,13 @@ def _discrete_loss(sde, score_fn, std_table, mean_table, reduce_mean, rng_kwarg)
         std = batch_broadcast(std_table[idx].astype(batch.dtype), batch)
         x_t = batch_broadcast(mean_table[idx].astype(batch.dtype), batch) * batch + std * z
         score = _call(score_fn, params, x_t, t, k_net, rng_kwarg)
-        losses = _reduce(jnp.square(score * std + z), reduce_mean)
+        losses = dsm_per_example(score, z, std, reduce_mean=reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t, "labels": idx}
 
     return loss_fn
 
 
-def ddpm_loss(sde, score_fn, *, reduce_mean: bool = True, rng_kwarg: Optional[str] = None):
+def ddpm_loss(sde, score_fn, *, reduce_mean: bool = True, rng_kwarg: str | None = None):
     """The DDPM loss (Ho et al. 2020) ``|eps_theta - z|^2`` at the discrete noise levels of a VP SDE.
 
     With ``eps_theta = -std_i * score`` this is ``|score * std_i + z|^2`` with
@@ -107,9 +132,13 @@ def ddpm_loss(sde, score_fn, *, reduce_mean: bool = True, rng_kwarg: Optional[st
     return _discrete_loss(sde, score_fn, jnp.sqrt(1.0 - ac), jnp.sqrt(ac), reduce_mean, rng_kwarg)
 
 
-def smld_loss(sde, score_fn, *, reduce_mean: bool = False, rng_kwarg: Optional[str] = None):
+def smld_loss(sde, score_fn, *, reduce_mean: bool = True, rng_kwarg: str | None = None):
     """The SMLD / NCSN loss (Song & Ermon 2019): ``sigma_i^2 |score + z / sigma_i|^2`` at the
-    geometric noise levels ``sigma_i`` of a VE SDE, ``t_i = i / (N - 1)`` (so ``sigma(t_i) = sigma_i``)."""
+    geometric noise levels ``sigma_i`` of a VE SDE, ``t_i = i / (N - 1)`` (so ``sigma(t_i) = sigma_i``).
+
+    ``reduce_mean`` defaults to ``True`` like every loss factory here and :func:`get_loss` (the
+    reference score_sde code defaults its SMLD loss to a sum but always passes the config's
+    ``training.reduce_mean``; ``configs`` set that key explicitly, so training is unchanged)."""
     if not isinstance(sde, sde_lib.VESDE):
         raise ValueError(f"the SMLD loss needs a VESDE, got {type(sde).__name__}")
     sig = sde.discrete_sigmas
@@ -118,7 +147,7 @@ def smld_loss(sde, score_fn, *, reduce_mean: bool = False, rng_kwarg: Optional[s
 
 def get_loss(sde, score_fn, *, continuous: bool = True, reduce_mean: bool = True,
              likelihood_weighting: bool = False, eps: float = 1e-5,
-             rng_kwarg: Optional[str] = None):
+             rng_kwarg: str | None = None):
     """The loss a training config asks for: continuous DSM, or the discrete DDPM (VP) / SMLD (VE)."""
     if continuous:
         return score_matching_loss(sde, score_fn, reduce_mean=reduce_mean,

@@ -23,15 +23,17 @@ changes nothing in the model of the data; only the non-uniform speeds do.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxdiff.losses import dsm_per_example, perturb
 from jaxdiff.multispeed import MultiSpeedSDE
-from jaxdiff.samplers.pc import constrain, pc_step
+from jaxdiff.samplers.base import keep_dtype
+from jaxdiff.samplers.pc import constrain, pc_loop, pc_step
 from jaxdiff.sde import SDE
 
 Array = jax.Array
@@ -122,7 +124,7 @@ class HaarMultiScale(struct.PyTreeNode):
     end_times: tuple = struct.field(pytree_node=False, default=(0.5,))
 
     @classmethod
-    def create(cls, base: SDE, image_shape: Sequence[int], end_times: Sequence[float]) -> "HaarMultiScale":
+    def create(cls, base: SDE, image_shape: Sequence[int], end_times: Sequence[float]) -> HaarMultiScale:
         """Validated constructor (see the class fields)."""
         image_shape = tuple(int(s) for s in image_shape)
         end_times = tuple(float(t) for t in end_times)
@@ -205,13 +207,13 @@ def stage_time_range(ms: HaarMultiScale, stage: int, eps: float = 1e-5) -> tuple
 
 
 def multiscale_loss(ms: HaarMultiScale, stage: int, score_fn, *, reduce_mean: bool = True,
-                    eps: float = 1e-5, rng_kwarg: Optional[str] = None):
+                    eps: float = 1e-5, rng_kwarg: str | None = None):
     """Denoising score matching of the stage-``s`` network of a multi-scale model.
 
     Images ``(B, H, W, C)`` are Haar-transformed; the top-left ``ms.block_shape(s)`` coefficients
     are diffused by ``ms.sde(s)`` (per-band speeds) to ``t ~ U(T_s, T_{s+1})``
     (:func:`stage_time_range`), and the loss is ``reduce(|score * sigma + z|^2)`` with the
-    per-coefficient ``sigma``.
+    per-coefficient ``sigma`` (:func:`jaxdiff.losses.dsm_per_example`).
 
     Args:
       ms: the multi-scale diffusion.
@@ -235,11 +237,10 @@ def multiscale_loss(ms: HaarMultiScale, stage: int, score_fn, *, reduce_mean: bo
         c = ms.to_coeffs(images)[:, :h, :w]
         t = jax.random.uniform(k_t, (c.shape[0],), c.dtype, lo, hi)
         z = jax.random.normal(k_z, c.shape, c.dtype)
-        mean, std = sde.marginal_prob(c, t)
+        c_t, std = perturb(sde, c, t, z)
         kwargs = {} if rng_kwarg is None else {rng_kwarg: k_net}
-        score = score_fn(params, mean + std * z, t, **kwargs)
-        sq = jnp.square(score * std + z).reshape(c.shape[0], -1)
-        losses = jnp.mean(sq, -1) if reduce_mean else jnp.sum(sq, -1)
+        score = score_fn(params, c_t, t, **kwargs)
+        losses = dsm_per_example(score, z, std, reduce_mean=reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t}
 
     return loss_fn
@@ -254,13 +255,14 @@ def ideal_speedup(ms: HaarMultiScale, num_steps: int, eps: float = 1e-3) -> floa
 
 def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
                        predictor="euler_maruyama", corrector=None, snr: float = 0.16,
-                       n_corrector_steps: int = 1, num_steps: int = 1000, denoise: bool = True,
-                       eps: float = 1e-3, dtype=jnp.float32, sharding=None,
-                       return_coeffs: bool = False):
+                       n_corrector_steps: int = 1, num_steps: int = 1000,
+                       noise_removal: bool = True, eps: float = 1e-3, dtype=jnp.float32,
+                       sharding=None, return_coeffs: bool = False):
     """Coarse-to-fine predictor-corrector sampler of a :class:`HaarMultiScale` diffusion.
 
     Stage ``s`` (``L`` down to 0) runs the reverse SDE of ``ms.sde(s)`` on the top-left
-    ``(H/2^s, W/2^s, C)`` coefficient block in its own ``fori_loop`` for the steps of the grid
+    ``(H/2^s, W/2^s, C)`` coefficient block in the library's one predictor-corrector loop
+    (:func:`jaxdiff.samplers.pc_loop`, one per stage) for the steps of the grid
     ``linspace(T, eps, num_steps)`` with ``T_s < t <= T_{s+1}``; between stages the block doubles,
     the new level-``s`` details being fresh prior noise (where they sit in a full-resolution run).
 
@@ -273,14 +275,16 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
       batch_size: number of samples.
       predictor, corrector, snr, n_corrector_steps: as for :func:`jaxdiff.samplers.pc_sampler`.
       num_steps: steps of the time grid (the same grid a uniform sampler would use).
-      denoise: return the noise-free mean of the last step.
+      noise_removal: return the noise-free mean of the last update (score_sde's noise removal, no
+        extra evaluation) instead of the noisy state.
       eps: last time (below ``T_1``).
       sharding: optional sharding of the ``(B, ...)`` state (applies at every resolution).
       return_coeffs: return Haar coefficients instead of images.
 
     Returns:
-      ``sample(params, key) -> (x, nfe)``, jitted: images ``(B, H, W, C)`` and the number of score
-      evaluations (at any resolution).
+      ``sample(params, key, cond=None) -> (x, nfe)``, jitted: images ``(B, H, W, C)`` and the
+      number of score evaluations (at any resolution). ``cond`` must be ``None`` (the stages'
+      parameters all travel in ``params``, e.g. the tuple of per-stage parameters).
     """
     L = ms.levels
     if callable(score_fns):
@@ -290,12 +294,16 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
         raise ValueError(f"need {L + 1} score functions (one per stage 0..{L}), got {len(score_fns)}")
     sched = ms.schedule(num_steps, eps)
     stage_sdes = {s: ms.sde(s).with_steps(num_steps) for s, _, _ in sched}
-    steps = {s: pc_step(stage_sdes[s], score_fns[s], predictor=predictor, corrector=corrector,
-                        snr=snr, n_corrector_steps=n_corrector_steps) for s, _, _ in sched}
+    steps = {s: pc_step(stage_sdes[s], keep_dtype(score_fns[s]), predictor=predictor,
+                        corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps)
+             for s, _, _ in sched}
     nfe = sum(steps[s].nfe * (stop - start) for s, start, stop in sched)
 
     @jax.jit
-    def sample(params, key):
+    def sample(params, key, cond=None):
+        if cond is not None:
+            raise ValueError("multiscale_sampler takes no cond (pass every stage's parameters in "
+                             "params)")
         k_prior, k_loop, k_details = jax.random.split(key, 3)
         timesteps = jnp.linspace(ms.base.T, eps, num_steps, dtype=dtype)
         s0 = sched[0][0]
@@ -313,16 +321,9 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
                 c_mean = constrain(noise.at[:, :h, :w].set(c_mean), sharding)
             if stop == start:
                 continue
-            step = steps[s]
-
-            def body(i, carry, step=step):
-                x, _ = carry
-                t = jnp.full((batch_size,), timesteps[i], dtype)
-                x, x_mean = step.update(params, jax.random.fold_in(k_loop, i), x, t)
-                return constrain(x, sharding), constrain(x_mean, sharding)
-
-            c, c_mean = jax.lax.fori_loop(start, stop, body, (c, c_mean))
-        out = c_mean if denoise else c
+            c, c_mean = pc_loop(steps[s], params, k_loop, c, timesteps[start:stop],
+                                sharding=sharding, first_index=start)
+        out = c_mean if noise_removal else c
         return (out if return_coeffs else ms.to_image(out)), jnp.asarray(nfe, jnp.int32)
 
     return sample

@@ -33,7 +33,7 @@ sub-VP base, or ``sigma_max`` much larger than the data under VE.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,7 @@ class MultiSpeedSDE(SDE):
     N: int = struct.field(pytree_node=False, default=1000)
 
     @classmethod
-    def create(cls, base: SDE, speeds, N: int | None = None) -> "MultiSpeedSDE":
+    def create(cls, base: SDE, speeds, N: int | None = None) -> MultiSpeedSDE:
         """Multi-speed version of ``base`` with ``speeds`` (scalar or array, all > 0).
 
         Args:
@@ -91,7 +91,7 @@ class MultiSpeedSDE(SDE):
             concrete = None
         if concrete is not None and (not np.all(np.isfinite(concrete)) or np.any(concrete <= 0)):
             raise ValueError(f"speeds must be positive and finite, got {concrete}")
-        n = base.N if N is None else int(N)
+        n = base.N if N is None else int(N)  # type: ignore[attr-defined]  # concrete SDEs declare N
         if n < 1:
             raise ValueError(f"the number of steps N must be >= 1, got {N}")
         return cls(base=base, speeds=speeds, N=n)
@@ -178,7 +178,7 @@ class MultiSpeedSDE(SDE):
         logp = -0.5 * jnp.log(2 * jnp.pi * std**2) - z**2 / (2 * std**2)
         return _sum_per_example(logp)
 
-    def with_speeds(self, speeds) -> "MultiSpeedSDE":
+    def with_speeds(self, speeds) -> MultiSpeedSDE:
         """The same SDE with other speeds."""
         return MultiSpeedSDE.create(self.base, speeds, self.N)
 

@@ -69,14 +69,14 @@ def inpaint(config, workdir, *, num_digits=8, num_draws=4, method="pc", num_step
         op = inv.Mask(jnp.asarray(mask)[None])
 
         def one(key, y):
-            return smc(params, key, op, (mask * y)[None])
+            return smc(params, key, inv.Observation(op, (mask * y)[None]))
     else:
         kw = dict(num_steps=n, corrector=None if corrector == "none" else corrector) \
             if method == "pc" else dict(rtol=1e-3, atol=1e-3)
         sampler = inv.inpaint_sampler(exp.sde, exp.score_fn, batch_shape, method=method, **kw)
 
         def one(key, y):
-            return sampler(params, key, y[None], jnp.asarray(mask))
+            return sampler(params, key, inv.Observation.inpainting(y[None], jnp.asarray(mask)))
 
     keys = jax.random.split(jax.random.key(seed), num_digits)
     x, nfe = jax.jit(jax.vmap(one))(keys, jnp.asarray(images))        # (digits, draws, H, W, C)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxdiff import GaussianMixture, VESDE, VPSDE, SubVPSDE
+from jaxdiff import VESDE, VPSDE, GaussianMixture, SubVPSDE
 
 
 def random_mixture(rng, k=3, d=3, dtype=jnp.float64):

@@ -43,7 +43,7 @@ def problem():
 def _sample(est, joint, post):
     base = est.x_sde
     if est.name == "cde":
-        score = lambda p, x, y, t: shared_t_score_fn(post, base)(p, x, t)
+        score = lambda p, x, t, y: shared_t_score_fn(post, base)(p, x, t)
     else:
         score = joint_to_conditional(shared_t_score_fn(joint, est.joint_sde(2, 1)), (2,), (1,))
     sample = est.pc_sampler(score, (N, 2), num_steps=STEPS)
@@ -106,7 +106,7 @@ def test_loss_aux_and_batch_forms():
     est = ConditionalEstimator.cde(base)
     x = jnp.ones((4, 2))
     y = jnp.zeros((4, 1))
-    score = lambda p, x, y, t: -x * p
+    score = lambda p, x, t, y: -x * p
     a = est.loss(score)(1.0, jax.random.PRNGKey(0), (x, y))
     b = est.loss(score)(1.0, jax.random.PRNGKey(0), {"x": x, "y": y})
     np.testing.assert_allclose(a[0], b[0])
@@ -143,7 +143,7 @@ def test_observations_and_concat_plumbing():
     assert float(inp[0, 4, 4, 0]) == 0.0
     # a "network" that swaps the channels: the x-score is then the (upsampled) y channel.
     swap = lambda p, z, t: z[..., ::-1]
-    s = cond.concat_conditional(swap, 1)(None, x, lo, 0.5)
+    s = cond.concat_conditional(swap, 1)(None, x, 0.5, lo)
     np.testing.assert_allclose(s, cond.upsample(lo, (8, 8)))
     with pytest.raises(ValueError, match="unknown conditional task"):
         cond.observe("colour", x)
@@ -159,7 +159,7 @@ def test_estimator_errors():
     with pytest.raises(ValueError, match="unknown conditional estimator"):
         cond.get_estimator("cfg", VPSDE())
     est = ConditionalEstimator.cde(VPSDE())
-    sample = est.pc_sampler(lambda p, x, y, t: -x, (4, 2), num_steps=3)
+    sample = est.pc_sampler(lambda p, x, t, y: -x, (4, 2), num_steps=3)
     with pytest.raises(ValueError, match="one y per sample"):
         sample(None, jax.random.PRNGKey(0), jnp.zeros((3, 1)))
 

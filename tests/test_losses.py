@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from jaxdiff import GaussianMixture, VESDE, VPSDE, SubVPSDE
-from jaxdiff import losses
+from jaxdiff import VESDE, VPSDE, GaussianMixture, SubVPSDE, losses
 
 S = 1.5  # data std
 D = 2

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from jaxdiff.analytic import GaussianMixture
-from jaxdiff.multiscale import (HaarMultiScale, haar_forward, haar_inverse, haar_step,
-                                ideal_speedup, multiscale_sampler)
+from jaxdiff.multiscale import (
+    HaarMultiScale,
+    haar_forward,
+    haar_inverse,
+    haar_step,
+    ideal_speedup,
+    multiscale_sampler,
+)
 from jaxdiff.sde import VESDE, VPSDE
 
 H = 8

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.inverse.inpainting import inpaint_sampler
+from jaxdiff.inverse.observation import Observation
 
 __all__ = ["DECOUPLE", "decouple", "couple", "colorize_sampler"]
 
@@ -47,8 +48,8 @@ def colorize_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str = "pc
       method, kwargs: as :func:`jaxdiff.inverse.inpainting.linear_inverse_sampler`.
 
     Returns:
-      ``sample(params, key, gray) -> (x, nfe)``, jitted; ``gray`` of shape ``(B, ..., 1)`` (or a
-      leading 1); ``mean(x, -1) == gray`` exactly (up to rounding).
+      ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` is the gray image, of shape
+      ``(B, ..., 1)`` (or a leading 1); ``mean(x, -1) == gray`` exactly (up to rounding).
     """
     if shape[-1] != 3:
         raise ValueError(f"colorization needs 3 channels, got shape {shape}")
@@ -60,11 +61,13 @@ def colorize_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str = "pc
     chan0 = jnp.zeros((3,)).at[0].set(1.0)
 
     @jax.jit
-    def sample(params, key, gray):
-        if gray.shape[-1] != 1 or gray.ndim != len(shape):
-            raise ValueError(f"gray must have shape (B, ..., 1) matching {shape}, got {gray.shape}")
+    def sample(params, key, cond=None):
+        gray = cond
+        if gray is None or gray.shape[-1] != 1 or gray.ndim != len(shape):
+            raise ValueError(f"colorize_sampler takes cond=gray of shape (B, ..., 1) matching "
+                             f"{shape}, got {None if gray is None else gray.shape}")
         y = jnp.sqrt(3.0).astype(gray.dtype) * gray * chan0.astype(gray.dtype)
-        u, nfe = inner(params, key, y, chan0)
+        u, nfe = inner(params, key, Observation.inpainting(y, chan0))
         return couple(u), nfe
 
     return sample

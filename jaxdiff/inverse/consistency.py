@@ -16,17 +16,18 @@ The probability-flow ODE version keeps ``A x(t) = alpha(t) y + sigma(t) A z`` fo
 along the whole path: the state starts on that set and the vector field is the probability-flow
 drift projected onto the null space of ``A`` plus the exact time derivative of the observed part.
 
-Both samplers are built once and take the operator and the observation at call time, so one
-compilation serves every observation (and every mask of the same shape).
+Both samplers are built once and take the operator and the observation at call time, as
+``sample(params, key, cond=Observation(op, y, lam))``, so one compilation serves every
+observation (and every mask of the same shape).
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
+from jaxdiff.inverse.observation import check_observation
+from jaxdiff.samplers.base import keep_dtype
 from jaxdiff.samplers.ode import solve_ode
 from jaxdiff.samplers.pc import constrain, pc_loop, pc_step
 from jaxdiff.sde import batch_broadcast
@@ -37,7 +38,7 @@ __all__ = ["observation_at", "consistency_transform", "pc_inverse_sampler", "ode
            "reverse_with_consistency", "init_from_prior"]
 
 
-def observation_at(sde, op, y: Array, t: Array, z: Optional[Array]) -> Array:
+def observation_at(sde, op, y: Array, t: Array, z: Array | None) -> Array:
     """The observation pushed to time ``t``: ``alpha(t) y + sigma(t) A z`` (``z=None``: the mean).
 
     Args:
@@ -118,8 +119,8 @@ def reverse_with_consistency(step, sde, op, params, key, x, y, timesteps, *, lam
 
 def pc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="reverse_diffusion",
                        corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
-                       num_steps: Optional[int] = None, denoise: bool = True, eps: float = 1e-3,
-                       dtype=jnp.float32, sharding=None):
+                       num_steps: int | None = None, noise_removal: bool = True,
+                       eps: float = 1e-3, dtype=jnp.float32, sharding=None):
     """Predictor-corrector sampler of ``p(x | A x = y)`` with a data-consistency step.
 
     Args:
@@ -128,22 +129,26 @@ def pc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="reve
       shape: ``(B, *event_shape)`` of the samples.
       predictor, corrector, snr, n_corrector_steps, num_steps, eps: as
         :func:`jaxdiff.samplers.pc_sampler`.
-      denoise: return the last noise-free mean (projected onto ``A x = y``).
+      noise_removal: return the noise-free mean of the last update (projected onto ``A x = y``;
+        score_sde's noise removal, no extra evaluation) instead of the noisy state.
       sharding: optional sharding of the ``(B, ...)`` state.
 
     Returns:
-      ``sample(params, key, op, y, lam=1.0) -> (x, nfe)``, jitted. ``op`` is a
+      ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` an
+      :class:`~jaxdiff.inverse.observation.Observation` ``(op, y, lam=1.0)``: ``op`` a
       :class:`~jaxdiff.inverse.linear.LinearOperator`, ``y`` of shape ``(B, *obs_shape)`` (or a
       leading 1 to share one observation), ``lam`` the consistency weight (1: hard projection).
     """
     if num_steps is not None:
         sde = sde.with_steps(num_steps)
-    step = pc_step(sde, score_fn, predictor=predictor, corrector=corrector, snr=snr,
+    step = pc_step(sde, keep_dtype(score_fn), predictor=predictor, corrector=corrector, snr=snr,
                    n_corrector_steps=n_corrector_steps)
     nfe = step.nfe * sde.N
 
     @jax.jit
-    def sample(params, key, op, y, lam=1.0):
+    def sample(params, key, cond=None):
+        obs = check_observation(cond, "pc_inverse_sampler")
+        op, y = obs.op, obs.y
         _check_obs(op, y, shape)
         y = jnp.broadcast_to(y, (shape[0],) + y.shape[1:])
         k_init, k_loop = jax.random.split(key)
@@ -151,9 +156,9 @@ def pc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="reve
         x = constrain(x, sharding)
         timesteps = jnp.linspace(sde.T, eps, sde.N, dtype=dtype)
         x, x_mean = reverse_with_consistency(step, sde, op, params, k_loop, x, y, timesteps,
-                                             lam=lam, sharding=sharding,
+                                             lam=obs.lam, sharding=sharding,
                                              has_predictor=predictor is not None)
-        return (x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
+        return (x_mean if noise_removal else x), jnp.asarray(nfe, jnp.int32)
 
     return sample
 
@@ -174,9 +179,11 @@ def ode_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 
     (``(I - A^+ A) f``). The result is projected onto ``A x = y`` at the end.
 
     Returns:
-      ``sample(params, key, op, y) -> (x, nfe)``, jitted; ``nfe`` counts score evaluations.
+      ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` an
+      :class:`~jaxdiff.inverse.observation.Observation` (its ``lam`` is not used: the ODE keeps
+      ``A x = y`` exactly); ``nfe`` counts score evaluations.
     """
-    rsde = sde.reverse(score_fn, probability_flow=True)
+    rsde = sde.reverse(keep_dtype(score_fn), probability_flow=True)
     batch = shape[0]
 
     def vector_field(t, x, args):
@@ -187,10 +194,12 @@ def ode_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 
         drift, _ = rsde.sde(params, x, jnp.full((batch,), t, x.dtype))
         drift = drift - op.pinv(op(drift)).astype(x.dtype)
         drift = drift + op.pinv(da * y + ds * az).astype(x.dtype)
-        return constrain(drift, sharding)
+        return constrain(drift.astype(x.dtype), sharding)
 
     @jax.jit
-    def sample(params, key, op, y):
+    def sample(params, key, cond=None):
+        obs = check_observation(cond, "ode_inverse_sampler")
+        op, y = obs.op, obs.y
         _check_obs(op, y, shape)
         y = jnp.broadcast_to(y, (batch,) + y.shape[1:])
         x, z = init_from_prior(sde, op, y, key, shape, dtype)

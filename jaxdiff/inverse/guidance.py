@@ -15,7 +15,8 @@ posterior component probabilities of the perturbed mixture), for tests and toys.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,14 +79,15 @@ def classifier_guided_score_fn(score_fn: Callable, logits_fn: Callable) -> Calla
     return guided
 
 
-def classifier_free_score_fn(cond_score_fn: Callable, null_label: Optional[int] = None) -> Callable:
+def classifier_free_score_fn(cond_score_fn: Callable, null_label: int | None = None) -> Callable:
     """Classifier-free guidance ``(1 + w) s(x, t, y) - w s(x, t, null)``.
 
     Args:
-      cond_score_fn: conditional score ``cond_score_fn(params, x, t, y=labels)``; ``y=None`` (or
-        ``y=null_label``) gives the unconditional score (the network trained with label dropout).
+      cond_score_fn: conditional score ``cond_score_fn(params, x, t, labels)`` (the library's
+        one convention: condition fourth, positional); ``labels=None`` (or ``null_label``) gives
+        the unconditional score (the network trained with label dropout).
       null_label: the label meaning "no class" for networks with a null embedding; then both scores
-        come from one batched call of size ``2B``. ``None``: two calls, the second with ``y=None``.
+        come from one batched call of size ``2B``. ``None``: two calls, the second with ``None`` as the label.
 
     Returns:
       ``guided(gparams, x, t)`` with ``gparams`` a :class:`GuidanceParams` (``scale`` is ``w``;
@@ -97,12 +99,12 @@ def classifier_free_score_fn(cond_score_fn: Callable, null_label: Optional[int] 
         labels = _labels(gparams.labels, b)
         w = batch_broadcast(jnp.asarray(gparams.scale, x.dtype), x)
         if null_label is None:
-            cond = cond_score_fn(gparams.score, x, t, y=labels)
-            uncond = cond_score_fn(gparams.score, x, t, y=None)
+            cond = cond_score_fn(gparams.score, x, t, labels)
+            uncond = cond_score_fn(gparams.score, x, t, None)
         else:
             tt = jnp.broadcast_to(jnp.asarray(t), (b,))
             both = cond_score_fn(gparams.score, jnp.concatenate([x, x]), jnp.concatenate([tt, tt]),
-                                 y=jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
+                                 jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
             cond, uncond = both[:b], both[b:]
         return (1.0 + w) * cond - w * uncond
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxdiff.inverse.consistency import ode_inverse_sampler, pc_inverse_sampler
 from jaxdiff.inverse.linear import Mask
+from jaxdiff.inverse.observation import check_observation
 from jaxdiff.inverse.smc import smc_inverse_sampler
 
 __all__ = ["linear_inverse_sampler", "inpaint_sampler"]
@@ -27,7 +28,8 @@ def linear_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str
       score_fn: ``score_fn(params, x, t)`` of the prior.
       shape: ``(B, *event_shape)``.
       method: ``'pc'`` (:func:`~jaxdiff.inverse.consistency.pc_inverse_sampler`; keywords
-        ``predictor, corrector, snr, n_corrector_steps, num_steps, denoise, eps, dtype, sharding``)
+        ``predictor, corrector, snr, n_corrector_steps, num_steps, noise_removal, eps, dtype,
+        sharding``)
         or ``'ode'`` (:func:`~jaxdiff.inverse.consistency.ode_inverse_sampler`; keywords
         ``rtol, atol, solver, eps, dtype, sharding, max_steps``) or ``'smc'``
         (:func:`~jaxdiff.inverse.smc.smc_inverse_sampler`, asymptotically exact; the batch is the
@@ -35,7 +37,9 @@ def linear_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str
         keywords ``num_steps, eps, ess_threshold, dtype``).
 
     Returns:
-      ``sample(params, key, op, y, ...) -> (x, nfe)``, jitted (``lam=`` for ``'pc'``).
+      ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` an
+      :class:`~jaxdiff.inverse.observation.Observation` ``(op, y, lam=1.0)`` (``lam`` used by
+      ``'pc'``).
     """
     if method == "pc":
         return pc_inverse_sampler(sde, score_fn, shape, **kwargs)
@@ -53,18 +57,23 @@ def inpaint_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str = "pc"
       sde, score_fn, shape, method, kwargs: as :func:`linear_inverse_sampler`.
 
     Returns:
-      ``sample(params, key, y, mask) -> (x, nfe)``, jitted: ``y`` of shape ``shape`` (or with a
-      leading 1) holds the known values (anything where ``mask == 0``), ``mask`` is binary,
-      broadcastable to ``shape`` (1 = known). The known entries of ``x`` equal ``y`` exactly.
+      ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` an
+      :class:`~jaxdiff.inverse.observation.Observation` with a :class:`Mask` operator, built by
+      ``Observation.inpainting(y, mask)``: ``y`` of shape ``shape`` (or with a leading 1) holds
+      the known values (anything where ``mask == 0``), ``mask`` is binary, broadcastable to
+      ``shape`` (1 = known). The known entries of ``x`` equal ``y`` exactly.
     """
     inner = linear_inverse_sampler(sde, score_fn, shape, method=method, **kwargs)
 
     @jax.jit
-    def sample(params, key, y, mask):
-        mask = jnp.asarray(mask)
-        if jnp.ndim(y) != len(shape):
-            raise ValueError(f"y of shape {jnp.shape(y)} must have the rank of the samples {shape}")
-        op = Mask(jnp.broadcast_to(mask, (1,) * (len(shape) - mask.ndim) + mask.shape))
-        return inner(params, key, op, op(y))
+    def sample(params, key, cond=None):
+        obs = check_observation(cond, "inpaint_sampler")
+        if not isinstance(obs.op, Mask):
+            raise TypeError(f"inpaint_sampler needs a Mask operator (Observation.inpainting(y, "
+                            f"mask)), got {type(obs.op).__name__}")
+        if jnp.ndim(obs.y) != len(shape):
+            raise ValueError(
+                f"y of shape {jnp.shape(obs.y)} must have the rank of the samples {shape}")
+        return inner(params, key, obs)
 
     return sample

@@ -18,7 +18,6 @@ Operators: :class:`Mask` (inpainting), :class:`AvgPool` (super-resolution), :cla
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -179,7 +178,7 @@ class Matrix(LinearOperator):
     event_shape: tuple = struct.field(pytree_node=False, default=None)
 
     @classmethod
-    def create(cls, A, event_shape: Optional[tuple] = None, rcond: float = 1e-10) -> "Matrix":
+    def create(cls, A, event_shape: tuple | None = None, rcond: float = 1e-10) -> Matrix:
         """``Matrix`` from ``A`` ``(m, D)``; ``event_shape`` defaults to ``(D,)``."""
         A = jnp.asarray(A)
         if A.ndim != 2:

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.inverse.linear import Mask, Matrix
+from jaxdiff.inverse.observation import check_observation
+from jaxdiff.samplers.base import keep_dtype
 from jaxdiff.sde import batch_broadcast
 
 Array = jax.Array
@@ -80,9 +82,11 @@ def smc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int
       ess_threshold: resample when ``ESS < ess_threshold * B`` (0: only at the end).
 
     Returns:
-      ``sample(params, key, op, y) -> (x, nfe)``, jitted: ``op`` a :class:`Mask` or
-      :class:`Matrix`, ``y`` one observation ``(1, *obs_shape)`` shared by all particles (``vmap``
-      over observations for several). ``x`` holds ``B`` equally weighted samples with ``A x = y``.
+      ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` an
+      :class:`~jaxdiff.inverse.observation.Observation` whose ``op`` is a :class:`Mask` or
+      :class:`Matrix` and ``y`` one observation ``(1, *obs_shape)`` shared by all particles
+      (``vmap`` over observations for several; ``lam`` is not used). ``x`` holds ``B`` equally
+      weighted samples with ``A x = y``.
     """
     n = sde.N if num_steps is None else int(num_steps)
     if n < 1:
@@ -90,13 +94,16 @@ def smc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int
     if not 0.0 <= ess_threshold <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     batch = shape[0]
+    score_fn = keep_dtype(score_fn)
 
     def coeffs(t):
         alpha, sigma = sde.marginal_coeffs(t)
         return alpha, sigma
 
     @jax.jit
-    def sample(params, key, op, y):
+    def sample(params, key, cond=None):
+        obs = check_observation(cond, "smc_inverse_sampler")
+        op, y = obs.op, obs.y
         if y.shape[0] != 1:
             raise ValueError(f"y must hold one observation (leading axis 1), got shape {y.shape}")
         op, y = orthonormalize(op, y)

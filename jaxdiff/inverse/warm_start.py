@@ -12,13 +12,13 @@ with the learned score from there, saving the score evaluations on ``[t_skip, T]
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxdiff.samplers.ode import solve_ode
+from jaxdiff.samplers.base import keep_dtype
+from jaxdiff.samplers.ode import ode_integrate
 from jaxdiff.samplers.pc import constrain, pc_loop, pc_step
 from jaxdiff.samplers.predictors import reverse_diffusion
 
@@ -37,7 +37,7 @@ class GaussianStats(struct.PyTreeNode):
     event_shape: tuple = struct.field(pytree_node=False, default=None)
 
     @classmethod
-    def from_moments(cls, mean, cov, event_shape: Optional[tuple] = None) -> "GaussianStats":
+    def from_moments(cls, mean, cov, event_shape: tuple | None = None) -> GaussianStats:
         """From a mean ``(D,)`` and a covariance ``(D, D)``."""
         mean = jnp.asarray(mean)
         cov = jnp.asarray(cov, mean.dtype)
@@ -51,7 +51,7 @@ class GaussianStats(struct.PyTreeNode):
         return cls(mean, jnp.maximum(lam, 0.0), u, event_shape)
 
     @classmethod
-    def from_data(cls, x: Array) -> "GaussianStats":
+    def from_data(cls, x: Array) -> GaussianStats:
         """Estimate from samples ``(n, *event_shape)`` (unbiased covariance)."""
         if x.shape[0] < 2:
             raise ValueError(f"need at least 2 examples to estimate a covariance, got {x.shape[0]}")
@@ -84,20 +84,25 @@ def teleport(sde, stats: GaussianStats, x: Array, t_from, t_to) -> Array:
 def warm_start_sampler(sde, score_fn, shape: tuple[int, ...], *, t_skip: float,
                        method: str = "ode", predictor="reverse_diffusion", corrector=None,
                        snr: float = 0.16, n_corrector_steps: int = 1,
-                       num_steps: Optional[int] = None, denoise: bool = True, eps: float = 1e-3,
-                       rtol: float = 1e-5, atol: float = 1e-5, solver: str = "dopri5",
-                       dtype=jnp.float32, sharding=None, max_steps: int = 8192):
+                       num_steps: int | None = None, noise_removal: bool = True,
+                       eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5,
+                       solver: str = "dopri5", dtype=jnp.float32, sharding=None,
+                       max_steps: int = 8192):
     """Sample with an exact Gaussian jump from the prior to ``t_skip``, then the learned score.
 
     Args:
       sde, score_fn, shape: as :func:`jaxdiff.samplers.pc_sampler`.
       t_skip: time in ``(eps, T]`` to jump to (``T``: no jump).
-      method: ``'ode'`` (probability flow from ``t_skip`` with ``solver``, ``rtol``, ``atol``;
-        ``denoise`` adds one reverse-diffusion mean step) or ``'pc'`` (PC on
-        ``linspace(t_skip, eps, round(t_skip N))`` with ``predictor``, ``corrector``...).
+      method: ``'ode'`` (the probability flow from ``t_skip`` by
+        :func:`jaxdiff.samplers.ode_integrate` with ``solver``, ``rtol``, ``atol``) or ``'pc'``
+        (PC on ``linspace(t_skip, eps, round(t_skip N))`` with ``predictor``, ``corrector``...).
+      noise_removal: score_sde's noise removal, as in the samplers it continues with: for
+        ``'ode'`` finish with the mean of one reverse-diffusion step at ``eps`` (one more
+        evaluation, :func:`jaxdiff.samplers.ode_sampler`), for ``'pc'`` return the noise-free mean
+        of the last update (:func:`jaxdiff.samplers.pc_sampler`).
 
     Returns:
-      ``sample(params, key, stats) -> (x, nfe)``, jitted; ``stats`` a :class:`GaussianStats`. The
+      ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` a :class:`GaussianStats`. The
       score evaluations saved are those of the same sampler from ``T`` minus ``nfe``.
     """
     if num_steps is not None:
@@ -107,8 +112,12 @@ def warm_start_sampler(sde, score_fn, shape: tuple[int, ...], *, t_skip: float,
     if method not in ("ode", "pc"):
         raise ValueError(f"unknown method {method!r}; choose 'ode' or 'pc'")
     batch = shape[0]
+    score_fn = keep_dtype(score_fn)
 
     def start(key, stats):
+        if not isinstance(stats, GaussianStats):
+            raise TypeError(f"warm_start_sampler takes cond=GaussianStats, got "
+                            f"{type(stats).__name__}")
         x = sde.prior_sampling(key, shape, dtype)
         return constrain(teleport(sde, stats, x, sde.T, t_skip), sharding)
 
@@ -119,29 +128,24 @@ def warm_start_sampler(sde, score_fn, shape: tuple[int, ...], *, t_skip: float,
         nfe = step.nfe * n_steps
 
         @jax.jit
-        def sample(params, key, stats):
+        def sample_pc(params, key, cond=None):
             k_prior, k_loop = jax.random.split(key)
-            x = start(k_prior, stats)
+            x = start(k_prior, cond)
             timesteps = jnp.linspace(t_skip, eps, n_steps, dtype=dtype)
             x, x_mean = pc_loop(step, params, k_loop, x, timesteps, sharding=sharding)
-            return (x_mean if denoise else x), jnp.asarray(nfe, jnp.int32)
+            return (x_mean if noise_removal else x), jnp.asarray(nfe, jnp.int32)
 
-        return sample
+        return sample_pc
 
-    rsde = sde.reverse(score_fn, probability_flow=True)
     denoiser = reverse_diffusion(sde, score_fn, probability_flow=False)
 
-    def vector_field(t, x, params):
-        drift, _ = rsde.sde(params, x, jnp.full((batch,), t, x.dtype))
-        return constrain(drift, sharding)
-
     @jax.jit
-    def sample(params, key, stats):
+    def sample(params, key, cond=None):
         k_prior, k_denoise = jax.random.split(key)
-        x = start(k_prior, stats)
-        x, nfe = solve_ode(vector_field, x, t_skip, eps, params, solver=solver, rtol=rtol,
-                           atol=atol, max_steps=max_steps)
-        if denoise:
+        x = start(k_prior, cond)
+        x, nfe = ode_integrate(sde, score_fn, params, x, t_skip, eps, solver=solver, rtol=rtol,
+                               atol=atol, max_steps=max_steps, sharding=sharding)
+        if noise_removal:
             _, x = denoiser.update(params, k_denoise, x, jnp.full((batch,), eps, x.dtype))
             nfe = nfe + 1
         return x, nfe
