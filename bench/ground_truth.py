@@ -37,10 +37,13 @@ def main():
     }
     for name, data in (("2-D mixture", mix), ("16-D Gaussian", g16)):
         ref = data.sample(jax.random.key(100), n)
-        floor = np.mean([float(sliced_wasserstein(jax.random.key(7), data.sample(jax.random.key(200 + i), n), ref))
+        floor = np.mean([float(sliced_wasserstein(jax.random.key(7),
+                                                  data.sample(jax.random.key(200 + i), n), ref))
                          for i in range(4)])
         print(f"\n### {name}, n={n}, noise floor (SW2 between exact sets) = {floor:.4f}\n")
-        cols = "| SDE | sampler | NFE | SW2 | SW2 / floor |" + (" component weights (0.2/0.3/0.5) |" if data is mix else "")
+        cols = "| SDE | sampler | NFE | SW2 | SW2 / floor |"
+        if data is mix:
+            cols += " component weights (0.2/0.3/0.5) |"
         print(cols)
         print("|" + "---|" * (cols.count("|") - 1))
         for sde in sdes:
@@ -60,11 +63,13 @@ def main():
             for dname, m in (("2-D mixture", mix), ("2-D mixture x0.25", mix.perturb(0.25, 0.0))):
                 m = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), m)
                 x = m.sample(jax.random.key(0), 32)
-                logp, z, nfe = jd.log_likelihood(sde, m.score_fn(sde), hutchinson=None)(None, jax.random.key(1), x)
+                logp, z, nfe = jd.log_likelihood(sde, m.score_fn(sde), hutchinson=None)(
+                    None, jax.random.key(1), x)
                 exact = m.log_prob_t(sde, x, 1e-5)
                 gap = m.log_prob_t(sde, z, sde.T) - sde.prior_logp(z)
-                print(f"| {type(sde).__name__} | {dname} | {int(nfe)} | {float(jnp.abs(logp - exact).max()) / 2:.2e} "
-                      f"| {float(jnp.abs(logp + gap - exact).max()) / 2:.2e} |", flush=True)
+                err, err_gap = jnp.abs(logp - exact).max(), jnp.abs(logp + gap - exact).max()
+                print(f"| {type(sde).__name__} | {dname} | {int(nfe)} | {float(err) / 2:.2e} "
+                      f"| {float(err_gap) / 2:.2e} |", flush=True)
 
 
 if __name__ == "__main__":

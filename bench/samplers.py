@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxdiff.analytic import GaussianMixture  # noqa: E402
 from jaxdiff.eval.distances import sliced_wasserstein  # noqa: E402
-from jaxdiff.sde import VESDE, VPSDE  # noqa: E402
 from jaxdiff.samplers.registry import get_sampler, num_steps_for_nfe  # noqa: E402
+from jaxdiff.sde import VESDE, VPSDE  # noqa: E402
 
 NFES = (5, 10, 20, 50, 100, 1000)
 # (label, registry name, options); the deterministic ones also get the flow-map RMSE
@@ -76,7 +76,8 @@ def mixture_64d(k: int = 4, d: int = 64, seed: int = 0):
     return GaussianMixture.create(weights, means, np.stack(covs))
 
 
-def sw(x, y, key=jax.random.key(1234)):
+def sw(x, y, key=None):
+    key = jax.random.key(1234) if key is None else key
     return float(sliced_wasserstein(key, x, y, num_projections=512))
 
 
@@ -243,9 +244,9 @@ def _torch_mixture_score(mix):
 
 def peer(nfes, n2, n64, seed=0):
     try:
+        import diffusers
         import torch
         from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
-        import diffusers
     except ImportError as e:
         print(f"\n### Peer comparison skipped: {e} (pip install torch diffusers)")
         return
@@ -263,7 +264,7 @@ def peer(nfes, n2, n64, seed=0):
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn((n, mix.dim), generator=g)
 
-        def run_dpm(nfe):
+        def run_dpm(nfe, noise=noise, score_t=score_t):
             sch = DPMSolverMultistepScheduler(
                 num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                 beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2,
@@ -281,7 +282,7 @@ def peer(nfes, n2, n64, seed=0):
                     x = sch.step(eps, t, x).prev_sample
             return x, calls
 
-        def run_euler(nfe):
+        def run_euler(nfe, noise=noise, score_t=score_t):
             sch = EulerDiscreteScheduler(
                 num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                 prediction_type="epsilon")

@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxdiff import parallel  # noqa: E402
-from jaxdiff.train import load_config  # noqa: E402
 from jaxdiff.tasks import get_task  # noqa: E402
+from jaxdiff.train import load_config  # noqa: E402
 from jaxdiff.train.step import jit_train_step, make_train_step  # noqa: E402
 
 

@@ -1,8 +1,8 @@
 """The embedded default: scikit-learn's 8x8 handwritten digits (1797 images shipped inside
-scikit-learn), built offline into ``<workdir>/tfds`` as a tfds ArrayRecord dataset, at their native 8x8, a small
-U-Net (nf=16, 230k parameters) and the VP SDE. Sized for a laptop CPU: one train step (batch 64) is
-a fraction of a second on 2 cores; ``--config.data.image_size=16 --config.model.nf=32`` is the
-16x16 variant (about 10x the compute per step)."""
+scikit-learn), built offline into ``<workdir>/tfds`` as a tfds ArrayRecord dataset, at their
+native 8x8, a small U-Net (nf=16, 230k parameters) and the VP SDE. Sized for a laptop CPU: one
+train step (batch 64) is a fraction of a second on 2 cores; ``--config.data.image_size=16
+--config.model.nf=32`` is the 16x16 variant (about 10x the compute per step)."""
 
 from jaxdiff.models import configs as model_configs
 from jaxdiff.train.defaults import get_default_config

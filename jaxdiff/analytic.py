@@ -13,7 +13,7 @@ that plugs into every sampler, loss and solver of the library.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,12 +50,12 @@ class GaussianMixture(struct.PyTreeNode):
         cls,
         weights: Sequence[float] | Array,
         means: Array,
-        covs: Optional[Array] = None,
+        covs: Array | None = None,
         *,
-        stds: Optional[Array] = None,
-        event_shape: Optional[tuple] = None,
+        stds: Array | None = None,
+        event_shape: tuple | None = None,
         dtype=None,
-    ) -> "GaussianMixture":
+    ) -> GaussianMixture:
         """Mixture from weights ``(K,)``, means ``(K, D)`` and either full covariances ``(K, D, D)``
         or standard deviations ``stds`` (scalar, ``(K,)`` or ``(K, D)``: diagonal covariances)."""
         dtype = dtype or jnp.result_type(float)
@@ -75,8 +75,8 @@ class GaussianMixture(struct.PyTreeNode):
             eigvals, eigvecs = jnp.linalg.eigh(0.5 * (covs + jnp.swapaxes(covs, -1, -2)))
             eigvals = jnp.maximum(eigvals, 0.0)
         else:
-            stds = jnp.broadcast_to(jnp.asarray(stds, dtype).reshape(
-                (k, 1) if jnp.ndim(stds) == 1 else jnp.shape(stds)), (k, d))
+            stds = jnp.asarray(stds, dtype)
+            stds = jnp.broadcast_to(stds.reshape((k, 1) if stds.ndim == 1 else stds.shape), (k, d))
             eigvals = stds**2
             eigvecs = jnp.broadcast_to(jnp.eye(d, dtype=dtype), (k, d, d))
         event_shape = tuple(event_shape) if event_shape is not None else (d,)
@@ -112,7 +112,7 @@ class GaussianMixture(struct.PyTreeNode):
         return jnp.einsum("k,kij->ij", self.weights, self.covs + dm[:, :, None] * dm[:, None, :])
 
     # ---- perturbation -----------------------------------------------------------------------
-    def perturb(self, alpha: Array, sigma: Array) -> "GaussianMixture":
+    def perturb(self, alpha: Array, sigma: Array) -> GaussianMixture:
         """Law of ``alpha x + sigma z`` for ``x`` from this mixture and ``z ~ N(0, I)``.
 
         Scalar ``alpha``, ``sigma`` only shift the eigenvalues. Per-coordinate ones (any shape that
@@ -122,7 +122,7 @@ class GaussianMixture(struct.PyTreeNode):
             return self.perturb_diag(alpha, sigma)
         return self.replace(means=alpha * self.means, eigvals=alpha**2 * self.eigvals + sigma**2)
 
-    def perturb_diag(self, alpha: Array, sigma: Array) -> "GaussianMixture":
+    def perturb_diag(self, alpha: Array, sigma: Array) -> GaussianMixture:
         """Law of ``alpha * x + sigma * z`` with per-coordinate (element-wise) ``alpha``, ``sigma``.
 
         The covariances become ``diag(alpha) S_k diag(alpha) + diag(sigma^2)``, no longer
@@ -151,13 +151,13 @@ class GaussianMixture(struct.PyTreeNode):
         return self.replace(means=a * self.means, eigvals=jnp.maximum(eigvals, 1e-30),
                             eigvecs=eigvecs)
 
-    def at(self, sde, t: Array) -> "GaussianMixture":
+    def at(self, sde, t: Array) -> GaussianMixture:
         """The marginal ``p_t`` of data from this mixture pushed through ``sde`` to scalar time ``t``
         (per-coordinate coefficients, as of a multi-speed SDE, are supported)."""
         alpha, sigma = sde.marginal_coeffs(jnp.asarray(t))
         return self.perturb(alpha, sigma)
 
-    def marginal(self, index, event_shape: Optional[tuple] = None) -> "GaussianMixture":
+    def marginal(self, index, event_shape: tuple | None = None) -> GaussianMixture:
         """The marginal law of the coordinates ``x_flat[index]`` (a mixture with the same weights).
 
         Args:
@@ -249,7 +249,7 @@ class GaussianMixture(struct.PyTreeNode):
         return score_fn
 
     # ---- conditioning on a linear-Gaussian observation --------------------------------------
-    def condition(self, A: Array, y: Array, noise_std: float = 0.0) -> "GaussianMixture":
+    def condition(self, A: Array, y: Array, noise_std: float = 0.0) -> GaussianMixture:
         """Exact posterior ``p(x | y)`` for ``y = A x + noise_std * n`` (one observation ``y``).
 
         The posterior is again a mixture: each component is updated by the Kalman formulas and

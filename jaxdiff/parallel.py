@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 __all__ = ["maybe_initialize_distributed", "make_mesh", "data_sharding", "replicated",
-           "param_shardings", "global_batch", "check_batch_size", "is_main_process"]
+           "param_shardings", "global_batch", "check_batch_size", "is_main_process",
+           "padded_batches"]
 
 _CLUSTER_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE",
                 "SLURM_NTASKS", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -58,7 +61,7 @@ def maybe_initialize_distributed(parallel_config=None, *, coordinator_address: s
         return False
     if jax.distributed.is_initialized():
         return False
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if coordinator_address:
         kwargs["coordinator_address"] = coordinator_address
     if num_processes:
@@ -154,6 +157,29 @@ def global_batch(local: Any, mesh: Mesh, *, leading: int = 0) -> Any:
         return jax.make_array_from_process_local_data(sharding, x, tuple(gshape))
 
     return jax.tree.map(one, local)
+
+
+def padded_batches(batches: Iterable, multiple: int, max_examples: int | None = None
+                   ) -> Iterator[tuple[np.ndarray, int]]:
+    """Host batches padded for a mesh: yields ``(batch, n)`` with ``batch`` a numpy array whose
+    leading size is a multiple of ``multiple`` (the first ``n`` rows are the data, the rest
+    repeat the last example; drop them from the results) and at most ``max_examples`` data rows
+    in all. ``batches`` yields arrays or dicts with an ``'image'`` entry (tfds / grain)."""
+    seen = 0
+    for b in batches:
+        b = np.asarray(b["image"] if isinstance(b, dict) else b)
+        if max_examples is not None:
+            b = b[:max_examples - seen]
+        n = b.shape[0]
+        if n == 0:
+            return
+        pad = (-n) % multiple
+        if pad:
+            b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
+        yield b, n
+        seen += n
+        if max_examples is not None and seen >= max_examples:
+            return
 
 
 def is_main_process() -> bool:

@@ -22,7 +22,8 @@ Any other :class:`jaxdiff.sde.SDE` with ``marginal_coeffs`` works with continuou
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -120,9 +121,9 @@ def output_to_score(out: Array, x: Array, alpha: Array, sigma: Array, parameteri
     raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
 
 
-def get_score_fn(sde, model, *, continuous: bool = True, parameterization: Optional[str] = None,
+def get_score_fn(sde, model, *, continuous: bool = True, parameterization: str | None = None,
                  scale_by_sigma: bool = False, train: bool = False,
-                 label_fn: Optional[Callable[[Array], Array]] = None) -> Callable:
+                 label_fn: Callable[[Array], Array] | None = None) -> Callable:
     """Wrap a network (from :func:`jaxdiff.models.get_model`) as a score function.
 
     Args:
@@ -155,8 +156,8 @@ def get_score_fn(sde, model, *, continuous: bool = True, parameterization: Optio
             f"discrete labels are defined for VPSDE and VESDE only, got {type(sde).__name__}")
     model_fn = model if not hasattr(model, "apply") else get_model_fn(model, train=train)
 
-    def score_fn(params: Any, x: Array, t: Array, *, rng: Optional[Array] = None,
-                 y: Optional[Array] = None) -> Array:
+    def score_fn(params: Any, x: Array, t: Array, *, rng: Array | None = None,
+                 y: Array | None = None) -> Array:
         t = jnp.asarray(t, dtype=x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else None)
         if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
             raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {t.shape}")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,8 @@ class SDE(struct.PyTreeNode, abc.ABC):
     """
 
     # ``N`` (static, with a default) is declared by every concrete subclass, last.
+    if TYPE_CHECKING:  # for the type checker only: not a dataclass field here
+        N: int
 
     @property
     def T(self) -> float:
@@ -109,11 +112,11 @@ class SDE(struct.PyTreeNode, abc.ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * jnp.sqrt(dt)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (or the probability-flow ODE) driven by ``score_fn(params, x, t)``."""
         return ReverseSDE(self, score_fn, probability_flow)
 
-    def with_steps(self, N: int) -> "SDE":
+    def with_steps(self, N: int) -> SDE:
         """The same SDE with ``N`` discretisation steps."""
         if int(N) < 1:
             raise ValueError(f"the number of steps N must be >= 1, got {N}")
@@ -234,7 +237,8 @@ class SubVPSDE(_LinearBetaSDE):
 
 class VESDE(SDE):
     """Variance-exploding SDE (continuous SMLD):
-    ``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw``, ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``."""
+    ``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw``,
+    ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``."""
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0

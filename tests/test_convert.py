@@ -11,7 +11,7 @@ import pytest
 from jax import lax
 
 from jaxdiff.convert import config_from_reference, convert_state_dict
-from jaxdiff.convert.score_sde_pytorch import apply_ema, _requires_grad_keys
+from jaxdiff.convert.score_sde_pytorch import _requires_grad_keys, apply_ema
 from jaxdiff.models import get_model
 
 REF_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",

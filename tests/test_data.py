@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxdiff.data import (DatasetNotFound, eval_dataset, get_source, sample_toy, toy_mixture,
-                          train_dataset)
+from jaxdiff.data import DatasetNotFound, eval_dataset, get_source, sample_toy, toy_mixture, train_dataset
 from jaxdiff.data.digits import prepare_digits
 from jaxdiff.train.defaults import get_default_config
 

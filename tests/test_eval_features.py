@@ -1,10 +1,9 @@
 """Sharded feature extraction, cached statistics, and the digits classifier metrics."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from jaxdiff.eval import digits as D
 from jaxdiff.eval import features as F
@@ -85,3 +84,16 @@ def test_digits_classifier_is_accurate_cached_and_metrics_separate(digits_split,
     assert only_ones["digits_fid"] > 3 * real["digits_fid"]
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         D.train_digits_classifier(jax.random.key(0), xtr[:4], np.array([0, 1, 2, 12]))
+
+
+def test_padded_batches_pad_with_the_last_example_and_stop_at_max_examples():
+    from jaxdiff.parallel import padded_batches
+    a = np.arange(5 * 2).reshape(5, 2)
+    b = {"image": np.arange(100, 106).reshape(3, 2)}
+    out = list(padded_batches([a, b, a], 4, max_examples=7))
+    assert [(x.shape[0], n) for x, n in out] == [(8, 5), (4, 2)]
+    np.testing.assert_array_equal(out[0][0][:5], a)
+    np.testing.assert_array_equal(out[0][0][5:], np.repeat(a[-1:], 3, axis=0))
+    np.testing.assert_array_equal(out[1][0], [[100, 101], [102, 103], [102, 103], [102, 103]])
+    out = list(padded_batches([a, np.zeros((0, 2)), a], 1))
+    assert [(x.shape[0], n) for x, n in out] == [(5, 5)]         # an empty batch ends the stream

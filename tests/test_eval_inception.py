@@ -1,11 +1,10 @@
 """The Flax FID Inception against pytorch-fid's architecture (built here in plain torch, random
 weights), the converter, the 299 bilinear resize, and the parameter count."""
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from jaxdiff.eval import convert_inception as ci
 from jaxdiff.eval import inception as inc

@@ -1,10 +1,8 @@
 """FID / IS / KID against closed forms and exact expectations."""
 
+import jax
 import numpy as np
 import pytest
-import scipy.linalg
-
-import jax
 
 from jaxdiff.eval import metrics as M
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdiff.models import configs, count_params, get_classifier, get_model, init_params  # noqa: F401
 from jaxdiff.scores import get_score_fn

@@ -170,7 +170,8 @@ def test_jit_and_vmap_over_sde_pytrees(x64):
     expected = [vp_closed(0.5, 0.1, b)[2] for b in (5.0, 10.0, 20.0)]
     np.testing.assert_allclose(out, expected, rtol=1e-12)
     # A per-example time under vmap of a single example.
-    m = jax.vmap(lambda xi, ti: VPSDE().marginal_prob(xi[None], ti)[0][0])(jnp.ones((3, 2)), jnp.array([0.1, 0.5, 0.9]))
+    m = jax.vmap(lambda xi, ti: VPSDE().marginal_prob(xi[None], ti)[0][0])(
+        jnp.ones((3, 2)), jnp.array([0.1, 0.5, 0.9]))
     np.testing.assert_allclose(m[:, 0], vp_closed(np.array([0.1, 0.5, 0.9]))[1], rtol=1e-12)
 
 
@@ -194,7 +195,8 @@ def test_user_defined_sde_gets_the_rest(x64):
     np.testing.assert_allclose(s.prior_std(), std_T, rtol=1e-12)
     z = jnp.ones((2, 3))
     np.testing.assert_allclose(
-        s.prior_logp(z), stats.multivariate_normal(np.zeros(3), std_T**2 * np.eye(3)).logpdf(np.ones(3)), rtol=1e-12)
+        s.prior_logp(z), stats.multivariate_normal(np.zeros(3), std_T**2 * np.eye(3)).logpdf(np.ones(3)),
+        rtol=1e-12)
     f, G = s.discretize(z, jnp.array([0.1, 0.2]))
     np.testing.assert_allclose(f, -2.0 * z / 100, rtol=1e-12)
     np.testing.assert_allclose(G, 2.0 * np.sqrt(0.01), rtol=1e-12)

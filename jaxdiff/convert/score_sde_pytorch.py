@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from jaxdiff.models import get_model
 
 __all__ = ["child_module_order", "convert_state_dict", "load_pth", "load_score_sde_pytorch",
            "config_from_reference"]
@@ -87,7 +90,7 @@ def _leaf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     raise ValueError(f"unknown parameter leaf {name!r}")
 
 
-def _expected_sigmas(mcfg) -> Optional[np.ndarray]:
+def _expected_sigmas(mcfg) -> np.ndarray | None:
     try:
         smin, smax, n = float(mcfg["sigma_min"]), float(mcfg["sigma_max"]), int(mcfg["num_scales"])
     except (KeyError, TypeError):
@@ -96,7 +99,7 @@ def _expected_sigmas(mcfg) -> Optional[np.ndarray]:
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], model: nn.Module, x_shape: Sequence[int],
-                       *, model_config: Optional[Mapping] = None, check_sigmas: bool = True,
+                       *, model_config: Mapping | None = None, check_sigmas: bool = True,
                        dtype=np.float32) -> dict:
     """Map a score_sde_pytorch model state dict onto ``model``'s params.
 
@@ -134,7 +137,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], model: nn.Module, x_shape:
     for key, value in sd.items():
         if key == "sigmas":
             want = _expected_sigmas(model_config) if model_config is not None else None
-            if check_sigmas and want is not None:
+            if check_sigmas and want is not None and model_config is not None:
                 if value.shape != want.shape or not np.allclose(value, want, rtol=1e-4):
                     raise ValueError(
                         f"checkpoint 'sigmas' buffer (shape {value.shape}, range "
@@ -239,14 +242,17 @@ def apply_ema(state_dict: Mapping[str, np.ndarray], shadow_params: Sequence[np.n
 def config_from_reference(reference: str | Mapping) -> ml_collections.ConfigDict:
     """A ``ConfigDict`` with ``model`` and ``data`` sections from one of the reference JSON files
     (``score_sde_pytorch_state_dicts/*.json``) or an equivalent dict."""
+    ref: Mapping
     if isinstance(reference, str):
         with open(reference) as f:
-            reference = json.load(f)
-    model = dict(reference["model"])
+            ref = json.load(f)
+    else:
+        ref = reference
+    model = dict(ref["model"])
     for k in ("ch_mult", "attn_resolutions", "fir_kernel"):
         if k in model:
             model[k] = tuple(model[k])
-    data = dict(reference.get("data", {}))
+    data = dict(ref.get("data", {}))
     return ml_collections.ConfigDict({"model": model, "data": data})
 
 
@@ -256,8 +262,6 @@ def load_score_sde_pytorch(path: str, config, *, use_ema: bool = True):
     Returns ``(model, params)``; sample with ``jaxdiff.scores.get_score_fn(sde, model,
     scale_by_sigma=config.model.scale_by_sigma)``.
     """
-    from jaxdiff.models import get_model  # noqa: PLC0415
-
     model = get_model(config)
     size = int(config.data.image_size)
     x_shape = (1, size, size, int(config.data.num_channels))

@@ -3,8 +3,8 @@
 The 1797 images ship inside scikit-learn (no download). :func:`prepare_digits` writes them once as
 a tfds dataset ``sklearn_digits`` in ArrayRecord format (``tfds.core.GeneratorBasedBuilder``,
 readable by ``tfds.data_source`` without TensorFlow): ``image`` uint8 ``(8, 8, 1)`` scaled from
-0..16 to 0..255, ``label``, ``index`` (position in ``load_digits()``), in scikit-learn's order. Split ``test`` holds every 10th image (180), ``train`` the other
-1617.
+0..16 to 0..255, ``label``, ``index`` (position in ``load_digits()``), in scikit-learn's order.
+Split ``test`` holds every 10th image (180), ``train`` the other 1617.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ vectors), for images also ``'image'`` (uint8 at the model resolution, for bits/d
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
 
 import grain
 import numpy as np
@@ -37,7 +36,7 @@ class DatasetNotFound(FileNotFoundError):
     """The dataset (or its data_dir) is not prepared; the message says how to prepare it."""
 
 
-def resolve_data_dir(config, workdir: Optional[str] = None) -> str:
+def resolve_data_dir(config, workdir: str | None = None) -> str:
     """``config.data.data_dir``, or ``<workdir>/tfds`` for the embedded digits, or the tfds
     default (``$TFDS_DATA_DIR`` / ``~/tensorflow_datasets``)."""
     d = config.data.data_dir
@@ -72,7 +71,7 @@ def get_source(config, split: str, data_dir: str):
                          seed=seed)
     import tensorflow_datasets as tfds
     if name == "digits":
-        from jaxdiff.data.digits import DIGITS_NAME, prepare_digits
+        from jaxdiff.data.digits import DIGITS_NAME, prepare_digits  # defines a tfds builder
         prepare_digits(data_dir)
         name = DIGITS_NAME
     try:
@@ -99,8 +98,8 @@ def _resize(img: np.ndarray, size: int, crop: int) -> np.ndarray:
     from PIL import Image
     c = img.shape[-1]
     pil = Image.fromarray(img[..., 0] if c == 1 else img)
-    out = np.asarray(pil.resize((size, size), Image.BICUBIC if size > img.shape[0]
-                                else Image.LANCZOS))
+    out = np.asarray(pil.resize((size, size), Image.Resampling.BICUBIC if size > img.shape[0]
+                                else Image.Resampling.LANCZOS))
     return out.reshape(size, size, c)
 
 
@@ -123,14 +122,15 @@ class _BatchReader:
     """
 
     def __init__(self, source, *, batch: int, process_count: int, seed: int, shuffle: bool,
-                 flip: bool, dequantize: bool, centered: bool, image: Optional[tuple],
+                 flip: bool, dequantize: bool, centered: bool, image: tuple | None,
                  center_crop: int = 0, cache_limit: int = 1 << 16):
         self.source, self.n = source, len(source)
         self.batch, self.pc, self.seed, self.shuffle = batch, process_count, seed, shuffle
         self.flip, self.dequantize, self.centered = flip, dequantize, centered
         self.image, self.center_crop = image, center_crop
         self.cache_limit = cache_limit
-        self._cache, self._perm = None, {}
+        self._cache: dict | None = None
+        self._perm: dict = {}
 
     def __getstate__(self):  # do not ship caches to grain worker processes
         d = dict(self.__dict__)
@@ -245,7 +245,7 @@ def train_dataset(config, data_dir: str, *, process_index: int = 0, process_coun
                                                 prefetch_buffer_size=4))
 
 
-def eval_dataset(config, data_dir: str, *, batch_size: Optional[int] = None,
+def eval_dataset(config, data_dir: str, *, batch_size: int | None = None,
                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
     """The held-out split, unshuffled, batched (``drop_remainder``), sharded like training.
 

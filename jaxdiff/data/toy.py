@@ -82,7 +82,7 @@ class ToySource:
             raise ValueError(f"toy size must be >= 1, got {size}")
         self.name, self.dim, self.size, self.seed = name, int(dim), int(size), int(seed)
         sample_toy(name, np.random.default_rng(0), 1, dim)  # validates dim
-        self._chunks = {}
+        self._chunks: dict = {}
 
     def __getstate__(self):
         d = dict(self.__dict__)

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxdiff.parallel import padded_batches
+
 __all__ = ["dataset_bits_per_dim"]
 
 
@@ -34,26 +36,14 @@ def dataset_bits_per_dim(bpd_fn: Callable, params: Any, key: jax.Array, batches:
     """
     shards = 1 if mesh is None else mesh.shape[axis]
     sharding = None if mesh is None else NamedSharding(mesh, P(axis))
-    vals, nfe_total, seen = [], 0, 0
-    for i, b in enumerate(batches):
-        b = np.asarray(b["image"] if isinstance(b, dict) else b)
+    vals, nfe_total = [], 0
+    for i, (b, n) in enumerate(padded_batches(batches, shards, max_examples)):
         if not np.issubdtype(b.dtype, np.integer):
             raise ValueError(f"batch {i}: bits/dim needs integer (uint8) images, got {b.dtype}")
-        if max_examples is not None:
-            b = b[:max_examples - seen]
-        n = b.shape[0]
-        if n == 0:
-            break
-        pad = (-n) % shards
-        if pad:
-            b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
         x = jax.device_put(b, sharding) if sharding is not None else b
         bpd, nfe = bpd_fn(params, jax.random.fold_in(key, i), x)
         vals.append(np.asarray(jax.device_get(bpd))[:n])
         nfe_total += int(nfe)
-        seen += n
-        if max_examples is not None and seen >= max_examples:
-            break
     if not vals:
         raise ValueError("no images for bits/dim")
     v = np.concatenate(vals).astype(np.float64)

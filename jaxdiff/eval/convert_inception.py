@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from jaxdiff.eval.inception import (_check_tree, _unflatten, inception_param_shapes,
-                                    save_inception_params)
+from jaxdiff.eval.inception import _check_tree, _unflatten, inception_param_shapes, save_inception_params
 
 __all__ = ["convert_state_dict", "convert_pth", "sha256_of", "PYTORCH_FID_FILE",
            "PYTORCH_FID_SHA256_PREFIX"]

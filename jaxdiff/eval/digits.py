@@ -10,7 +10,7 @@ that need no download and can be compared between runs of the default config.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -115,7 +115,8 @@ def load_or_train_digits_classifier(path: str, key: Array, images, labels, *, ta
     params = train_digits_classifier(key, images, labels, **train_kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez(tmp, __tag__=np.array(full_tag), **_flatten(params))
+    arrays: dict[str, Any] = {"__tag__": np.array(full_tag), **_flatten(params)}
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return params
 
@@ -134,7 +135,7 @@ def digits_features(params: dict, images, *, batch_size: int = 1000
 
 
 def digits_metrics(params: dict, samples, reference, *, coverage_share: float = 0.5,
-                   ref_stats: Optional[tuple] = None) -> dict:
+                   ref_stats: tuple | None = None) -> dict:
     """Compare generated digits with reference (held-out) digits through the classifier.
 
     Args:

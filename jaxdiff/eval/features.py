@@ -10,14 +10,18 @@ mean / covariance of a dataset's features once and keeps them as ``.npz`` in the
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Optional, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from jaxdiff.eval.inception import FIDInceptionV3, load_inception_params, preprocess
 from jaxdiff.eval.metrics import feature_statistics
+from jaxdiff.parallel import padded_batches
 
 Array = jax.Array
 
@@ -25,7 +29,7 @@ __all__ = ["make_feature_fn", "inception_feature_fn", "extract_features", "cache
            "iterate_batches"]
 
 
-def make_feature_fn(apply_fn: Callable, mesh: Optional[jax.sharding.Mesh] = None,
+def make_feature_fn(apply_fn: Callable, mesh: jax.sharding.Mesh | None = None,
                     axis: str = "data") -> Callable:
     """Jit ``apply_fn(params, images) -> pytree of (B, ...)`` with the batch sharded on ``axis``.
 
@@ -52,17 +56,16 @@ def make_feature_fn(apply_fn: Callable, mesh: Optional[jax.sharding.Mesh] = None
     def sharded(params, images):
         return fn(params, images)
 
-    sharded.num_shards = shards
+    sharded.num_shards = shards  # type: ignore[attr-defined]
     return sharded
 
 
-def inception_feature_fn(params_or_path: Union[str, Any], mesh=None, *, dtype=jnp.float32):
+def inception_feature_fn(params_or_path: str | Any, mesh=None, *, dtype=jnp.float32):
     """``(fn, params)`` for the FID Inception: ``fn(params, images)`` -> ``(pool3, logits)``.
 
     ``params_or_path`` is a parameter tree or a file from :mod:`jaxdiff.eval.convert_inception`.
     Images are ``(B, H, W, 1|3)`` in ``[0, 1]``; they are resized to 299 inside the jitted call.
     """
-    from jaxdiff.eval.inception import FIDInceptionV3, load_inception_params, preprocess
     params = (load_inception_params(params_or_path) if isinstance(params_or_path, str)
               else params_or_path)
     model = FIDInceptionV3(dtype=dtype)
@@ -78,8 +81,8 @@ def iterate_batches(images, batch_size: int) -> Iterable[np.ndarray]:
         yield images[i:i + batch_size]
 
 
-def extract_features(fn: Callable, params: Any, images: Union[np.ndarray, Iterable],
-                     *, batch_size: int = 250, max_examples: Optional[int] = None):
+def extract_features(fn: Callable, params: Any, images: np.ndarray | Iterable,
+                     *, batch_size: int = 250, max_examples: int | None = None):
     """Run a feature function over images, batch by batch; returns host numpy arrays.
 
     Args:
@@ -95,24 +98,10 @@ def extract_features(fn: Callable, params: Any, images: Union[np.ndarray, Iterab
     """
     shards = getattr(fn, "num_shards", 1)
     batches = iterate_batches(images, batch_size) if hasattr(images, "shape") else images
-    outs, seen = [], 0
-    for b in batches:
-        if isinstance(b, dict):
-            b = b["image"]
-        b = np.asarray(b)
-        if max_examples is not None:
-            b = b[:max_examples - seen]
-        n = b.shape[0]
-        if n == 0:
-            break
-        pad = (-n) % shards
-        if pad:
-            b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
+    outs = []
+    for b, n in padded_batches(batches, shards, max_examples):
         out = jax.device_get(fn(params, b))
-        outs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:n], out))
-        seen += n
-        if max_examples is not None and seen >= max_examples:
-            break
+        outs.append(jax.tree_util.tree_map(lambda o, n=n: np.asarray(o)[:n], out))
     if not outs:
         raise ValueError("no images to extract features from")
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outs)

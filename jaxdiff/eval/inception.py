@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -327,7 +327,8 @@ def save_inception_params(params: Any, path: str) -> str:
     params = jax.tree_util.tree_map(np.asarray, params)
     if path.endswith(".npz"):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        np.savez(path, **_flatten(params))
+        arrays: dict[str, Any] = _flatten(params)
+        np.savez(path, **arrays)
         return path
     import orbax.checkpoint as ocp
 

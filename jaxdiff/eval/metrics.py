@@ -7,7 +7,6 @@ evaluation, and the 2048x2048 matrix square root of FID is best done in double p
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 
 import jax
 import numpy as np
@@ -114,7 +113,7 @@ def inception_score(logits, *, splits: int = 10) -> tuple[float, float]:
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def polynomial_mmd2_unbiased(x, y, *, degree: int = 3, gamma: Optional[float] = None,
+def polynomial_mmd2_unbiased(x, y, *, degree: int = 3, gamma: float | None = None,
                              coef0: float = 1.0) -> float:
     """Unbiased MMD^2 with the kernel ``k(a, b) = (gamma a.b + coef0)^degree``.
 
@@ -136,7 +135,7 @@ def polynomial_mmd2_unbiased(x, y, *, degree: int = 3, gamma: Optional[float] = 
 
 def kernel_inception_distance(key: Array, features1, features2, *, num_subsets: int = 100,
                               subset_size: int = 1000, degree: int = 3,
-                              gamma: Optional[float] = None, coef0: float = 1.0
+                              gamma: float | None = None, coef0: float = 1.0
                               ) -> tuple[float, float]:
     """KID: the unbiased polynomial-kernel MMD^2 averaged over random subsets.
 

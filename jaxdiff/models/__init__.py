@@ -13,7 +13,6 @@ network's time labels (``t*999`` for VP/sub-VP, ``sigma(t)`` for VE, or the disc
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax

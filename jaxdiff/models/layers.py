@@ -9,7 +9,8 @@ stay float32).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -67,8 +68,8 @@ def get_timestep_embedding(timesteps: Array, embedding_dim: int,
     half_dim = embedding_dim // 2
     if half_dim < 2:
         raise ValueError(f"embedding_dim must be >= 4, got {embedding_dim}")
-    emb = math.log(max_positions) / (half_dim - 1)
-    emb = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -emb)
+    scale = math.log(max_positions) / (half_dim - 1)
+    emb = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -scale)
     emb = timesteps.astype(jnp.float32)[:, None] * emb[None, :]
     emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=1)
     if embedding_dim % 2 == 1:
@@ -109,7 +110,7 @@ class NIN(nn.Module):
 
 
 def ddpm_conv1x1(features: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0,
-                 dtype: Dtype = jnp.float32, name: Optional[str] = None) -> nn.Conv:
+                 dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
     """1x1 convolution with DDPM initialisation."""
     return nn.Conv(features, (1, 1), strides=(stride, stride), padding="SAME", use_bias=bias,
                    kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
@@ -118,15 +119,15 @@ def ddpm_conv1x1(features: int, stride: int = 1, bias: bool = True, init_scale: 
 
 def ddpm_conv3x3(features: int, stride: int = 1, bias: bool = True, init_scale: float = 1.0,
                  padding: Any = "SAME", dtype: Dtype = jnp.float32,
-                 name: Optional[str] = None) -> nn.Conv:
+                 name: str | None = None) -> nn.Conv:
     """3x3 convolution with DDPM initialisation."""
     return nn.Conv(features, (3, 3), strides=(stride, stride), padding=padding, use_bias=bias,
                    kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
                    dtype=dtype, name=name)
 
 
-def group_norm(channels: int, groups: Optional[int] = None, dtype: Dtype = jnp.float32,
-               name: Optional[str] = None) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int | None = None, dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.GroupNorm:
     """GroupNorm with ``eps=1e-6`` and ``min(C // 4, 32)`` groups unless ``groups`` is given."""
     g = groups if groups is not None else max(1, min(channels // 4, 32))
     if channels % g:
@@ -255,7 +256,7 @@ class Downsample(nn.Module):
 class UpsamplePP(nn.Module):
     """NCSN++ upsampling: nearest (+conv) or FIR (+fused conv ``Conv2d_0``)."""
 
-    out_ch: Optional[int] = None
+    out_ch: int | None = None
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
@@ -271,7 +272,7 @@ class UpsamplePP(nn.Module):
 class DownsamplePP(nn.Module):
     """NCSN++ downsampling: stride-2 conv / average pooling, or FIR (+fused conv)."""
 
-    out_ch: Optional[int] = None
+    out_ch: int | None = None
     with_conv: bool = False
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
@@ -284,8 +285,8 @@ class DownsamplePP(nn.Module):
                             dtype=self.dtype)
 
 
-def _residual(block: nn.Module, x: Array, temb: Optional[Array], train: bool, *,
-              out_ch: int, groups: Optional[int], init_scale: float,
+def _residual(block: nn.Module, x: Array, temb: Array | None, train: bool, *,
+              out_ch: int, groups: int | None, init_scale: float,
               resample=None) -> tuple[Array, Array]:
     """The shared body of the residual blocks, called inside ``block``'s compact ``__call__``
     (which has ``act``, ``dropout``, ``dtype``): GN-act, optional ``resample`` of both branches,
@@ -321,13 +322,13 @@ class ResnetBlockDDPM(nn.Module):
     """DDPM residual block: GN-act-conv, + Dense(temb), GN-act-dropout-conv(init 0), NIN skip."""
 
     act: Callable = nn.swish
-    out_ch: Optional[int] = None
+    out_ch: int | None = None
     conv_shortcut: bool = False
     dropout: float = 0.1
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
+    def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
         out_ch = self.out_ch or x.shape[-1]
         x, h = _residual(self, x, temb, train, out_ch=out_ch, groups=32, init_scale=0.0)
         return _ddpm_shortcut(self, x, out_ch) + h
@@ -337,7 +338,7 @@ class ResnetBlockDDPMpp(nn.Module):
     """DDPM++ residual block (``resblock_type='ddpm'``): GroupNorm ``min(C//4, 32)``, skip rescale."""
 
     act: Callable = nn.swish
-    out_ch: Optional[int] = None
+    out_ch: int | None = None
     conv_shortcut: bool = False
     dropout: float = 0.1
     skip_rescale: bool = False
@@ -345,7 +346,7 @@ class ResnetBlockDDPMpp(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
+    def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
         out_ch = self.out_ch or x.shape[-1]
         x, h = _residual(self, x, temb, train, out_ch=out_ch, groups=None,
                          init_scale=self.init_scale)
@@ -358,7 +359,7 @@ class ResnetBlockBigGANpp(nn.Module):
     act: Callable = nn.swish
     up: bool = False
     down: bool = False
-    out_ch: Optional[int] = None
+    out_ch: int | None = None
     dropout: float = 0.1
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
@@ -367,7 +368,7 @@ class ResnetBlockBigGANpp(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
+    def __call__(self, x: Array, temb: Array | None = None, train: bool = True) -> Array:
         C = x.shape[-1]
         out_ch = self.out_ch or C
         resample = None

@@ -9,7 +9,8 @@ and the eps / x0 / v / score interpretation happen in :func:`jaxdiff.scores.get_
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,7 +51,7 @@ class _ClassEmbed(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, temb: Optional[Array], y: Array, batch: int) -> Array:
+    def __call__(self, temb: Array | None, y: Array, batch: int) -> Array:
         y = jnp.asarray(y)
         if y.shape != (batch,):
             raise ValueError(f"class labels y must have shape ({batch},), got {y.shape}")
@@ -59,14 +60,14 @@ class _ClassEmbed(nn.Module):
         return e if temb is None else temb + e.astype(temb.dtype)
 
 
-def _check_channels(channels: int, num_channels: Optional[int]) -> None:
+def _check_channels(channels: int, num_channels: int | None) -> None:
     if num_channels is not None and channels != num_channels:
         raise ValueError(f"input has {channels} channels, the model was configured for "
                          f"num_channels={num_channels}")
 
 
-def _embed_conditions(net: nn.Module, temb: Optional[Array], y: Optional[Array], act,
-                      batch: int) -> Optional[Array]:
+def _embed_conditions(net: nn.Module, temb: Array | None, y: Array | None, act,
+                      batch: int) -> Array | None:
     """The conditioning of the U-Nets, called inside ``net``'s compact ``__call__`` (``nf``,
     ``conditional``, ``num_classes``, ``dtype``): the two-layer time-embedding MLP
     (``Dense_0``, ``Dense_1``, width ``4 nf``; ``None`` when not ``conditional``), then the class
@@ -119,12 +120,12 @@ class NCSNpp(nn.Module):
     nonlinearity: str = "swish"
     num_classes: int = 0
     centered: bool = True
-    num_channels: Optional[int] = None
+    num_channels: int | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False,
-                 y: Optional[Array] = None) -> Array:
+                 y: Array | None = None) -> Array:
         act = layers.get_act(self.nonlinearity)
         nf = self.nf
         ch_mult = tuple(self.ch_mult)
@@ -157,6 +158,7 @@ class NCSNpp(nn.Module):
         rescale = lambda a: (a / np.sqrt(2.0)).astype(a.dtype)  # noqa: E731
 
         # time / noise-level embedding
+        temb: Array | None
         if embedding_type == "fourier":
             temb = layers.GaussianFourierProjection(
                 embedding_size=nf, scale=self.fourier_scale)(jnp.log(labels.astype(jnp.float32)))
@@ -185,6 +187,7 @@ class NCSNpp(nn.Module):
         elif progressive_input == "residual":
             pyramid_downsample = functools.partial(layers.DownsamplePP, fir=self.fir,
                                                    fir_kernel=fir_kernel, with_conv=True, dtype=dt)
+        ResnetBlock: Any
         if resblock_type == "ddpm":
             ResnetBlock = functools.partial(layers.ResnetBlockDDPMpp, act=act, dropout=self.dropout,
                                             init_scale=self.init_scale, skip_rescale=skip_rescale,
@@ -200,7 +203,7 @@ class NCSNpp(nn.Module):
         x = x.astype(dt)
 
         # Downsampling block
-        input_pyramid = x if progressive_input != "none" else None
+        input_pyramid: Any = x if progressive_input != "none" else None
         hs = [layers.ddpm_conv3x3(nf, dtype=dt)(x)]
         for i_level in range(num_resolutions):
             for _ in range(num_res_blocks):
@@ -227,7 +230,7 @@ class NCSNpp(nn.Module):
         h = AttnBlock()(h)
         h = ResnetBlock()(h, temb, train)
 
-        pyramid = None
+        pyramid: Any = None
         # Upsampling block
         for i_level in reversed(range(num_resolutions)):
             for _ in range(num_res_blocks + 1):
@@ -287,12 +290,12 @@ class DDPM(nn.Module):
     nonlinearity: str = "swish"
     num_classes: int = 0
     centered: bool = True
-    num_channels: Optional[int] = None
+    num_channels: int | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False,
-                 y: Optional[Array] = None) -> Array:
+                 y: Array | None = None) -> Array:
         act = layers.get_act(self.nonlinearity)
         nf = self.nf
         ch_mult = tuple(self.ch_mult)

@@ -4,14 +4,15 @@ for 8x8 to 32x32 images. Same call convention as the big networks:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxdiff.models import layers
-from jaxdiff.models.ncsnpp import _ClassEmbed, _check_image, _labels_vector
+from jaxdiff.models.ncsnpp import _check_image, _ClassEmbed, _labels_vector
 
 Array = jax.Array
 
@@ -30,7 +31,7 @@ class TimeEmbedding(nn.Module):
     fourier_scale: float = 16.0
     act: Any = nn.swish
     dtype: Any = jnp.float32
-    features: Optional[int] = None
+    features: int | None = None
 
     @nn.compact
     def __call__(self, labels: Array) -> Array:
@@ -65,7 +66,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False,
-                 y: Optional[Array] = None) -> Array:
+                 y: Array | None = None) -> Array:
         if x.ndim != 2:
             raise ValueError(f"MLP expects vectors of shape (B, D), got {x.shape}")
         act = layers.get_act(self.nonlinearity)
@@ -110,7 +111,7 @@ class SmallUNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, labels: Array, train: bool = False,
-                 y: Optional[Array] = None) -> Array:
+                 y: Array | None = None) -> Array:
         ch_mult = tuple(self.ch_mult)
         n = len(ch_mult)
         _check_image(x, n)

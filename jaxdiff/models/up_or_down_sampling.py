@@ -8,7 +8,8 @@ score_sde code, so networks built from them match the published checkpoints.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -80,20 +81,18 @@ def upsample_2d(x: Array, k: Sequence[float] | None = None, factor: int = 2,
                 gain: float = 1.0) -> Array:
     """FIR upsampling ``(N, H, W, C) -> (N, H*factor, W*factor, C)``; a constant image stays
     constant (times ``gain``). ``k=None`` is nearest-neighbour (``[1] * factor``)."""
-    k = [1] * factor if k is None else k
-    k = setup_kernel(k) * (gain * factor**2)
-    p = k.shape[0] - factor
-    return upfirdn2d(x, k, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+    kern = setup_kernel([1] * factor if k is None else k) * (gain * factor**2)
+    p = kern.shape[0] - factor
+    return upfirdn2d(x, kern, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
 
 def downsample_2d(x: Array, k: Sequence[float] | None = None, factor: int = 2,
                   gain: float = 1.0) -> Array:
     """FIR downsampling ``(N, H, W, C) -> (N, H//factor, W//factor, C)``; ``k=None`` is
     average pooling."""
-    k = [1] * factor if k is None else k
-    k = setup_kernel(k) * gain
-    p = k.shape[0] - factor
-    return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
+    kern = setup_kernel([1] * factor if k is None else k) * gain
+    p = kern.shape[0] - factor
+    return upfirdn2d(x, kern, down=factor, pad=((p + 1) // 2, p // 2))
 
 
 def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
@@ -119,16 +118,15 @@ def upsample_conv_2d(x: Array, w: Array, k: Sequence[float] | None = None, facto
     convH, convW = w.shape[0], w.shape[1]
     if convH != convW:
         raise ValueError(f"conv kernel must be square, got {w.shape}")
-    k = [1] * factor if k is None else k
-    k = setup_kernel(k) * (gain * factor**2)
-    p = (k.shape[0] - factor) - (convW - 1)
+    kern = setup_kernel([1] * factor if k is None else k) * (gain * factor**2)
+    p = (kern.shape[0] - factor) - (convW - 1)
     # transposed stride-`factor` conv == correlation of the zero-inserted input, padded by kw-1
     x = lax.conv_general_dilated(
         x, w.astype(x.dtype), window_strides=(1, 1),
         padding=[(convH - 1, convH - 1), (convW - 1, convW - 1)],
         lhs_dilation=(factor, factor), dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    return upfirdn2d(x, k, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
+    return upfirdn2d(x, kern, pad=((p + 1) // 2 + factor - 1, p // 2 + 1))
 
 
 def conv_downsample_2d(x: Array, w: Array, k: Sequence[float] | None = None, factor: int = 2,
@@ -137,10 +135,9 @@ def conv_downsample_2d(x: Array, w: Array, k: Sequence[float] | None = None, fac
     (``(kh, kw, in, out)``): ``(N, H, W, in) -> (N, H//2, W//2, out)``."""
     _check_nhwc(x)
     convW = w.shape[1]
-    k = [1] * factor if k is None else k
-    k = setup_kernel(k) * gain
-    p = (k.shape[0] - factor) + (convW - 1)
-    x = upfirdn2d(x, k, pad=((p + 1) // 2, p // 2))
+    kern = setup_kernel([1] * factor if k is None else k) * gain
+    p = (kern.shape[0] - factor) + (convW - 1)
+    x = upfirdn2d(x, kern, pad=((p + 1) // 2, p // 2))
     return lax.conv_general_dilated(
         x, w.astype(x.dtype), window_strides=(factor, factor), padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -159,8 +156,8 @@ class Conv2d(nn.Module):
     down: bool = False
     resample_kernel: tuple[int, ...] = (1, 3, 3, 1)
     use_bias: bool = True
-    kernel_init: object = None
-    dtype: object = jnp.float32
+    kernel_init: Any = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
