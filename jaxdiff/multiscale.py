@@ -330,7 +330,7 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
 
 
 def config_section(*, end_times: Sequence[float], stage: int = 0):
-    """The ``config.msdiff`` section of a multi-scale experiment (``configs/msdiff_multiscale_*``):
+    """The ``config.msdiff`` section of a multi-scale experiment (``configs/msdiff_multiscale.py``):
     ``mode='multiscale'``, ``end_times`` (``T_1 < ... < T_L``), ``stage`` (the scale whose network
     a training run fits; one run per stage ``0..L``, as in the paper's independent per-scale
     networks)."""
