@@ -48,7 +48,7 @@ def test_reported_nfe_counts_every_evaluation(solver):
 
     for tol in (1e-3, 1e-6):
         calls.clear()
-        y, nfe = jax.jit(lambda y0: solve_ode(vector_field, y0, 1.0, 1e-3, None, solver=solver,
+        y, nfe = jax.jit(lambda y0, tol=tol: solve_ode(vector_field, y0, 1.0, 1e-3, None, solver=solver,
                                               rtol=tol, atol=tol))(jnp.ones(3))
         jax.block_until_ready(y)
         assert int(nfe) == len(calls), (solver, tol, int(nfe), len(calls))

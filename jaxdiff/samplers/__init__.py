@@ -5,8 +5,12 @@ the one builder :func:`make_sampler` from a :class:`Solver` (the integrate contr
 :func:`get_sampler` picks any of them by name. See ``docs/sampler_interface.md``.
 """
 
-from jaxdiff.samplers.adaptive import (AdaptiveInfo, adaptive_sde_integrate, adaptive_sde_sampler,
-                                       adaptive_sde_solve)
+from jaxdiff.samplers.adaptive import (
+                                       AdaptiveInfo,
+                                       adaptive_sde_integrate,
+                                       adaptive_sde_sampler,
+                                       adaptive_sde_solve,
+)
 from jaxdiff.samplers.base import Solver, bind_cond, keep_dtype, make_sampler
 from jaxdiff.samplers.ddim import ddim_integrate, ddim_sampler, ddim_step
 from jaxdiff.samplers.dpm_solver import dpm_solver_pp_integrate, dpm_solver_pp_sampler
@@ -14,12 +18,33 @@ from jaxdiff.samplers.edm import edm_integrate, edm_sampler, karras_sigmas
 from jaxdiff.samplers.ode import get_solver, ode_integrate, ode_sampler, solve_ode
 from jaxdiff.samplers.pc import constrain, pc_integrate, pc_loop, pc_sampler, pc_step
 from jaxdiff.samplers.predictors import (
-    CORRECTORS, PREDICTORS, Step, ald, ancestral, euler_maruyama, get_corrector, get_predictor,
-    langevin, register_corrector, register_predictor, reverse_diffusion)
-from jaxdiff.samplers.registry import (available_samplers, get_sampler, num_steps_for_nfe,
-                                       register_sampler, sampler_options)
-from jaxdiff.samplers.schedule import (data_prediction, inverse_lambda, log_alpha_sigma,
-                                       marginal_lambda, time_grid)
+                                       CORRECTORS,
+                                       PREDICTORS,
+                                       Step,
+                                       ald,
+                                       ancestral,
+                                       euler_maruyama,
+                                       get_corrector,
+                                       get_predictor,
+                                       langevin,
+                                       register_corrector,
+                                       register_predictor,
+                                       reverse_diffusion,
+)
+from jaxdiff.samplers.registry import (
+                                       available_samplers,
+                                       get_sampler,
+                                       num_steps_for_nfe,
+                                       register_sampler,
+                                       sampler_options,
+)
+from jaxdiff.samplers.schedule import (
+                                       data_prediction,
+                                       inverse_lambda,
+                                       log_alpha_sigma,
+                                       marginal_lambda,
+                                       time_grid,
+)
 
 __all__ = [
     "Solver", "make_sampler", "bind_cond", "keep_dtype",

@@ -23,14 +23,14 @@ fresh draws, whether a step is accepted depends on its noise (the relative toler
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import diffrax
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.sde import batch_broadcast
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
+from jaxdiff.sde import batch_broadcast
 
 Array = jax.Array
 
@@ -188,7 +188,7 @@ def adaptive_sde_integrate(sde, score_fn, params, x: Array, t0: float, t1: float
 
 def adaptive_sde_sampler(sde, score_fn, shape: tuple[int, ...], *, eps_abs: float = 0.0078,
                          eps_rel: float = 0.05, h_init: float = 0.01, safety: float = 0.9,
-                         exponent: float = 0.9, eps: float = 1e-3, T: Optional[float] = None,
+                         exponent: float = 0.9, eps: float = 1e-3, T: float | None = None,
                          denoise: bool = True, max_iterations: int = 10_000,
                          noise: str = "brownian_tree", brownian_tol: float = 1e-5,
                          dtype=jnp.float32, sharding=None):

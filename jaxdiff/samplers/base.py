@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +83,7 @@ class Solver:
 
 def make_sampler(sde, score_fn: Callable, shape: tuple[int, ...], solver: Solver, *,
                  denoise: bool = False, dtype=jnp.float32, sharding=None,
-                 prior: Optional[Callable] = None):
+                 prior: Callable | None = None):
     """The one sampler builder: ``sample(params, key, cond=None) -> (x, nfe)``, jitted.
 
     Args:

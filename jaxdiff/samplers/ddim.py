@@ -16,21 +16,18 @@ sub-VP SDEs (and the VE SDE, where ``alpha = 1``).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
-from jaxdiff.samplers.schedule import (
-    check_scalar_schedule, data_prediction, log_alpha_sigma, time_grid)
+from jaxdiff.samplers.schedule import check_scalar_schedule, data_prediction, log_alpha_sigma, time_grid
 
 Array = jax.Array
 
 __all__ = ["ddim_step", "ddim_integrate", "ddim_sampler", "ddim_nfe"]
 
 
-def ddim_step(x: Array, x0_hat: Array, key: Optional[Array], log_alpha_sigma_s, log_alpha_sigma_t,
+def ddim_step(x: Array, x0_hat: Array, key: Array | None, log_alpha_sigma_s, log_alpha_sigma_t,
               eta: float = 0.0) -> Array:
     """One DDIM update from time ``s`` to ``t`` given the data prediction at ``s``.
 
@@ -59,7 +56,7 @@ def ddim_step(x: Array, x0_hat: Array, key: Optional[Array], log_alpha_sigma_s, 
             + c.astype(dt) * noise)
 
 
-def ddim_integrate(sde, score_fn, params, x: Array, ts: Array, *, key: Optional[Array] = None,
+def ddim_integrate(sde, score_fn, params, x: Array, ts: Array, *, key: Array | None = None,
                    eta: float = 0.0, sharding=None, cond=None) -> tuple[Array, int]:
     """Run DDIM along the descending time grid ``ts`` (one ``lax.scan``).
 
@@ -99,7 +96,7 @@ def ddim_nfe(num_steps: int, *, denoise: bool = False, **_) -> int:
 
 
 def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, eta: float = 0.0,
-                 grid: str = "time_uniform", eps: float = 1e-3, T: Optional[float] = None,
+                 grid: str = "time_uniform", eps: float = 1e-3, T: float | None = None,
                  denoise: bool = False, dtype=jnp.float32, sharding=None):
     """DDIM sampler from the prior at ``T`` down to ``eps``.
 

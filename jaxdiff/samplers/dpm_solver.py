@@ -5,7 +5,8 @@ Every linear SDE of the library has Gaussian perturbation kernels ``x_t = alpha(
 so its probability-flow ODE has the exact "variation of constants" solution in the half log-SNR
 ``lambda(t) = log(alpha(t) / sigma(t))``::
 
-    x_t = sigma_t / sigma_s * x_s + sigma_t * int_{lambda_s}^{lambda_t} e^lambda x0_hat(x_lambda, lambda) dlambda
+    x_t = sigma_t / sigma_s * x_s
+          + sigma_t * int_{lambda_s}^{lambda_t} e^lambda x0_hat(x_lambda, lambda) dlambda
 
 with the data prediction ``x0_hat(x, t) = (x + sigma(t)^2 score(x, t)) / alpha(t)``. DPM-Solver++
 Taylor-expands ``x0_hat`` in ``lambda`` and integrates the exponential exactly. This holds for the
@@ -26,15 +27,19 @@ Time grids (``grid``): ``'logsnr'`` (uniform in ``lambda``, the paper's default 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
 from jaxdiff.samplers.schedule import (  # noqa: F401 - re-exported (their home before schedule.py)
-    GRIDS, check_scalar_schedule, data_prediction, inverse_lambda, log_alpha_sigma,
-    marginal_lambda, time_grid)
+    GRIDS,
+    check_scalar_schedule,
+    data_prediction,
+    inverse_lambda,
+    log_alpha_sigma,
+    marginal_lambda,
+    time_grid,
+)
 
 Array = jax.Array
 
@@ -217,7 +222,7 @@ def dpm_solver_pp_nfe(num_steps: int, *, order: int = 2, method: str = "multiste
 
 def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
                           order: int = 2, method: str = "multistep", grid: str = "logsnr",
-                          eps: float = 1e-3, T: Optional[float] = None,
+                          eps: float = 1e-3, T: float | None = None,
                           lower_order_final: bool = True, denoise: bool = False,
                           dtype=jnp.float32, sharding=None):
     """DPM-Solver++ sampler: prior noise at ``T``, probability-flow ODE down to ``eps``.

@@ -12,15 +12,18 @@ log-SNR of :func:`jaxdiff.samplers.dpm_solver.inverse_lambda` (closed form for V
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
 from jaxdiff.samplers.schedule import (
-    check_scalar_schedule, data_prediction, inverse_lambda, log_alpha_sigma, marginal_lambda)
+    check_scalar_schedule,
+    data_prediction,
+    inverse_lambda,
+    log_alpha_sigma,
+    marginal_lambda,
+)
 
 Array = jax.Array
 
@@ -40,7 +43,7 @@ def karras_sigmas(num: int, sigma_min, sigma_max, rho: float = 7.0, dtype=jnp.fl
     return (hi + u * (lo - hi)) ** rho
 
 
-def edm_integrate(sde, score_fn, params, x: Array, sigmas: Array, *, key: Optional[Array] = None,
+def edm_integrate(sde, score_fn, params, x: Array, sigmas: Array, *, key: Array | None = None,
                   s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                   s_noise: float = 1.0, sharding=None, cond=None) -> tuple[Array, int]:
     """Heun (EDM) integration of the scaled state along descending noise levels ``sigmas``.
@@ -125,7 +128,7 @@ def edm_nfe(num_steps: int, *, denoise: bool = True, **_) -> int:
 
 def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, rho: float = 7.0,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
-                s_noise: float = 1.0, eps: float = 1e-3, T: Optional[float] = None,
+                s_noise: float = 1.0, eps: float = 1e-3, T: float | None = None,
                 denoise: bool = True, dtype=jnp.float32, sharding=None):
     """EDM Heun sampler for a VP, sub-VP or VE SDE.
 

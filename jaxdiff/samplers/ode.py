@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -76,8 +75,9 @@ def ode_integrate(sde, score_fn, params, x, t0, t1, *, solver: str = "dopri5",
         drift, _ = rsde.sde(params, y, jnp.full((batch,), t, y.dtype))
         return constrain(drift.astype(y.dtype), sharding)
 
-    return solve_ode(vector_field, x, t0, t1, params, solver=solver, rtol=rtol, atol=atol,
-                     max_steps=max_steps)
+    y, nfe = solve_ode(vector_field, x, t0, t1, params, solver=solver, rtol=rtol, atol=atol,
+                       max_steps=max_steps)
+    return y.astype(x.dtype), nfe  # diffrax promotes the state to the time dtype (float64 in x64)
 
 
 def ode_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 1e-5, atol: float = 1e-5,

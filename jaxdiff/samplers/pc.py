@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ def pc_step(sde, score_fn, *, predictor="euler_maruyama", corrector=None, snr: f
 
 
 def pc_loop(step: Step, params, key: Array, x: Array, timesteps: Array, *, sharding=None,
-            transform: Optional[Callable] = None, first_index: int = 0) -> tuple[Array, Array]:
+            transform: Callable | None = None, first_index: int = 0) -> tuple[Array, Array]:
     """Run ``step`` at each of ``timesteps`` (descending) inside one ``fori_loop``.
 
     ``transform(params, key, x, x_mean, t) -> (x, x_mean)``, if given, runs after every step (data
@@ -103,7 +103,7 @@ def pc_nfe(num_steps: int, *, predictor="euler_maruyama", corrector=None,
 
 def pc_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="euler_maruyama",
                corrector=None, snr: float = 0.16, n_corrector_steps: int = 1,
-               probability_flow: bool = False, num_steps: Optional[int] = None,
+               probability_flow: bool = False, num_steps: int | None = None,
                noise_removal: bool = True, eps: float = 1e-3, dtype=jnp.float32, sharding=None):
     """Predictor-corrector sampler (Song et al. 2021, Alg. 1).
 

@@ -8,7 +8,8 @@ evaluations one update makes. Register a new one with :func:`register_predictor`
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from jaxdiff.samplers.adaptive import adaptive_sde_sampler
 from jaxdiff.samplers.ddim import ddim_nfe, ddim_sampler
@@ -48,14 +49,14 @@ class SamplerSpec:
 
     factory: Callable[..., Callable]
     fixed: dict = dataclasses.field(default_factory=dict)
-    nfe: Optional[Callable[..., int]] = None
+    nfe: Callable[..., int] | None = None
 
 
 _SAMPLERS: dict[str, SamplerSpec] = {}
 
 
 def register_sampler(name: str, factory: Callable[..., Callable], *,
-                     nfe: Optional[Callable[..., int]] = None, **fixed: Any) -> None:
+                     nfe: Callable[..., int] | None = None, **fixed: Any) -> None:
     """Register ``factory`` under ``name``.
 
     Args:

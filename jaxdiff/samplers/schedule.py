@@ -8,8 +8,6 @@ multi-speed SDEs.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -108,7 +106,7 @@ def inverse_lambda(sde, lam: Array, *, num_bisections: int = 60) -> Array:
 
 
 def time_grid(sde, num_steps: int, *, grid: str = "logsnr", eps: float = 1e-3,
-              T: Optional[float] = None, rho: float = 7.0, dtype=jnp.float32) -> Array:
+              T: float | None = None, rho: float = 7.0, dtype=jnp.float32) -> Array:
     """Descending times ``t_0 = T > t_1 > ... > t_num_steps = eps`` of a fast sampler.
 
     Args:

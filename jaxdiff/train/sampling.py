@@ -4,39 +4,88 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Any
 
 import numpy as np
 
-__all__ = ["build_sampler", "to_uint8", "save_image_grid", "save_scatter"]
+from jaxdiff.samplers.registry import available_samplers, get_sampler, sampler_options
+
+__all__ = ["build_sampler", "check_sampling_config", "sampler_kwargs", "to_uint8",
+           "save_image_grid", "save_scatter"]
+
+# config.sampling key -> the sampler option(s) it sets (the first one the sampler takes) and the
+# value that means "not asked for" (the default of jaxdiff.train.defaults)
+_OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "predictor": (("predictor",), "euler_maruyama"),
+    "corrector": (("corrector",), "none"),
+    "snr": (("snr",), 0.16),
+    "n_steps_each": (("n_corrector_steps",), 1),
+    "probability_flow": (("probability_flow",), False),
+    "num_steps": (("num_steps",), 0),
+    "rtol": (("rtol",), 1e-5),
+    "atol": (("atol",), 1e-5),
+    "eps": (("eps",), 1e-3),
+    # the end-of-sampling option: PC / ODE noise removal, else the Tweedie ``denoise``
+    "noise_removal": (("noise_removal", "denoise"), True),
+}
+
+
+def _option(method: str, key: str) -> str | None:
+    takes = sampler_options(method)
+    return next((o for o in _OPTIONS[key][0] if o in takes), None)
+
+
+def check_sampling_config(config) -> None:
+    """Raise a ``ValueError`` naming the key and value when ``config.sampling`` names an unknown
+    method or sets (to a non-default value) an option its sampler does not take, e.g.
+    ``sampling.corrector='langevin'`` with ``method='ddim'`` or ``sampling.num_steps=20`` with
+    ``method='adaptive'``."""
+    s = config.sampling
+    methods = available_samplers()
+    if s.method not in methods:
+        raise ValueError(f"config.sampling.method={s.method!r}: unknown sampler; choose one of "
+                         f"{methods}")
+    for key, (_, default) in _OPTIONS.items():
+        if key in s and s[key] != default and _option(s.method, key) is None:
+            raise ValueError(f"config.sampling.{key}={s[key]!r}: sampler {s.method!r} takes no "
+                             f"such option (it takes {sorted(sampler_options(s.method))})")
+
+
+def sampler_kwargs(config, sde) -> dict[str, Any]:
+    """The keyword options :func:`build_sampler` passes to ``config.sampling.method``: every
+    ``config.sampling`` option the sampler takes ('none' predictor/corrector -> ``None``,
+    ``num_steps=0`` -> ``sde.N``, ``noise_removal`` -> the sampler's ``noise_removal`` or
+    ``denoise``). Checks the config first (:func:`check_sampling_config`)."""
+    check_sampling_config(config)
+    s = config.sampling
+    kwargs = {}
+    for key in _OPTIONS:
+        opt = _option(s.method, key)
+        if opt is None or key not in s:
+            continue
+        value = s[key]
+        if key in ("predictor", "corrector") and value == "none":
+            value = None
+        if key == "num_steps":
+            value = value or sde.N
+        kwargs[opt] = value
+    return kwargs
 
 
 def build_sampler(config, sde, score_fn, shape, *, sharding=None):
-    """``sample(params, key) -> (x, nfe)`` for ``config.sampling``.
+    """``sample(params, key, cond=None) -> (x, nfe)`` for ``config.sampling``.
 
-    ``method='pc'`` uses ``predictor`` / ``corrector`` ('none' for no corrector), ``snr``,
-    ``n_steps_each``, ``probability_flow``, ``noise_removal``; ``'ode'`` the adaptive
-    probability-flow solver with ``rtol`` / ``atol``; any other name of
-    ``jaxdiff.samplers.registry`` (``ddim``, ``dpm_solver++_2m``, ``edm`` ...) gets ``num_steps``.
-    ``num_steps=0`` means the SDE's ``N``.
+    ``method`` is any name of :func:`jaxdiff.samplers.available_samplers` (``pc``, ``ode``,
+    ``ddim``, ``dpm_solver++_2m``, ``edm``, ``adaptive`` ...). It gets exactly the options of
+    ``config.sampling`` it takes (see :func:`sampler_kwargs`): ``pc`` its ``predictor`` /
+    ``corrector`` ('none' for none), ``snr``, ``n_steps_each``, ``probability_flow``,
+    ``num_steps``; ``ode`` ``rtol`` / ``atol``; the fast samplers ``num_steps``; all of them
+    ``eps`` and ``noise_removal`` (``denoise`` for the samplers whose end-of-sampling option is
+    the Tweedie prediction). ``num_steps=0`` means the SDE's ``N``. An option the sampler does
+    not take, set to a non-default value, raises a ``ValueError`` naming it.
     """
-    s = config.sampling
-    num_steps = s.num_steps or sde.N
-    if s.method == "pc":
-        from jaxdiff.samplers import pc_sampler
-        return pc_sampler(sde, score_fn, tuple(shape),
-                          predictor=None if s.predictor == "none" else s.predictor,
-                          corrector=None if s.corrector == "none" else s.corrector,
-                          snr=s.snr, n_corrector_steps=s.n_steps_each,
-                          probability_flow=s.probability_flow, num_steps=num_steps,
-                          denoise=s.noise_removal, eps=s.eps, sharding=sharding)
-    if s.method == "ode":
-        from jaxdiff.samplers import ode_sampler
-        return ode_sampler(sde, score_fn, tuple(shape), rtol=s.rtol, atol=s.atol, eps=s.eps,
-                           denoise=s.noise_removal, sharding=sharding)
-    from jaxdiff.samplers.registry import get_sampler
-    return get_sampler(s.method, sde, score_fn, tuple(shape), num_steps=num_steps,
-                       sharding=sharding)
+    return get_sampler(config.sampling.method, sde, score_fn, tuple(shape),
+                       sharding=sharding, **sampler_kwargs(config, sde))
 
 
 def to_uint8(x: np.ndarray, centered: bool) -> np.ndarray:
@@ -73,7 +122,7 @@ def save_image_grid(path: str, images: np.ndarray, *, centered: bool, pad: int =
     return grid
 
 
-def save_scatter(path: str, points: np.ndarray, *, reference: Optional[np.ndarray] = None,
+def save_scatter(path: str, points: np.ndarray, *, reference: np.ndarray | None = None,
                  size: int = 256, extent: float = 3.0) -> None:
     """Write 2-D points (first two coordinates) as a PNG scatter plot (black; ``reference`` in
     grey beneath), without matplotlib."""
