@@ -11,8 +11,14 @@ model samples from its per-stage runs:
     python launch/main.py --config=configs/msdiff_multiscale.py:size=32,stage=0 --workdir=runs/ms32 \
         --mode=sample --stage_workdirs=runs/ms32_s0,runs/ms32_s1,runs/ms32_s2
 
-Any config key can be overridden: ``--config.training.batch_size=64``; an unknown key or a value
-of the wrong type stops start-up with the key's name. On several hosts run the same command on
+Any config key can be overridden: ``--config.training.batch_size=64``. Every bad input stops
+start-up with exit status 2 and ONE line (no traceback) naming the key or path and the value: an
+unknown key or a value of the wrong type, a missing config file or one with a syntax error, a
+batch size the devices do not divide, ``config.parallel.num_devices`` above the device count, a
+frequency that is not a multiple of ``n_jitted_steps``, an eval batch larger than the split, a
+workdir holding a run with another config (``--config.training.resume_with_changes=True``
+accepts it) or in use by another training process. A run that fails later (a NaN / Inf loss or
+state, a full disk, no readable checkpoint) exits with status 1 and one line. On several hosts run the same command on
 every host (see launch/tpu_pod.sh, launch/gpu.sh); ``jax.distributed`` is initialised
 automatically on a Cloud TPU pod / SLURM / Open MPI, or with
 ``--config.parallel.distributed=yes --config.parallel.coordinator_address=HOST:PORT
@@ -22,16 +28,26 @@ automatically on a Cloud TPU pod / SLURM / Open MPI, or with
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxdiff.data import DatasetNotFound
+from jaxdiff import parallel
+from jaxdiff.data import DatasetNotFound, resolve_data_dir
 from jaxdiff.tasks import get_task
-from jaxdiff.train import ConfigError, train
+from jaxdiff.train import ConfigError, NonFiniteLoss, train
+from jaxdiff.train.checkpoint import CheckpointMismatch, DiskFull, NoGoodCheckpoint
+from jaxdiff.train.config import check_eval_split
 from jaxdiff.train.evaluate import evaluate, sample
+from jaxdiff.train.experiment import WorkdirLocked
+
+# bad inputs: exit status 2; failures of a run that started: exit status 1 (both one line)
+BAD_INPUT = (ConfigError, CheckpointMismatch, DatasetNotFound, PermissionError,
+             NotADirectoryError, FileNotFoundError, WorkdirLocked)
+RUN_FAILED = (NonFiniteLoss, DiskFull, NoGoodCheckpoint)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)",
@@ -54,8 +70,18 @@ def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int
     ``msdiff`` section) and run the same way whatever it is; ``stage_workdirs`` (the runs of
     stages 0..L) is read by the multi-scale task's sampling."""
     if mode not in ("train", "eval", "sample"):
-        raise ValueError(f"--mode must be train, eval or sample, got {mode!r}")
-    task = get_task(config)
+        raise ConfigError(f"--mode must be train, eval or sample, got {mode!r}")
+    try:  # every ValueError of building the task is a bad input (mesh, model, sampler ...)
+        task = get_task(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if mode == "eval":
+        try:
+            parallel.check_batch_size("config.eval.batch_size", config.eval.batch_size,
+                                      task.mesh)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        check_eval_split(config, resolve_data_dir(config, workdir))
     if mode == "train":
         r = train(task, workdir, max_steps=max_steps or None)
         r = {k: v for k, v in r.items() if k in ("step", "status")}
@@ -74,20 +100,59 @@ def main(argv):
     try:
         result = run(FLAGS.config, FLAGS.workdir, FLAGS.mode, num_samples=FLAGS.num_samples,
                      max_steps=FLAGS.max_steps, stage_workdirs=FLAGS.stage_workdirs)
-    except (ConfigError, DatasetNotFound, PermissionError, NotADirectoryError,
-            FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except BAD_INPUT as e:
+        _fail(e, 2)
+    except RUN_FAILED as e:
+        _fail(e, 1)
     if jax.process_index() == 0:
         print(json.dumps(result, default=float))
 
 
+def _fail(e: BaseException, status: int):
+    """Print ``error: <message>`` on one line (no traceback) and exit with ``status``."""
+    msg = " ".join(str(e).replace("\\n", " ").split())
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def _config_path(argv) -> str | None:
+    """The file of ``--config=FILE[:ARG]`` (or ``--config FILE``) in ``argv``, if any."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            value = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return value if os.path.exists(value) else value.split(":", 1)[0]
+    return None
+
+
+def check_config_file(path: str) -> None:
+    """Exit 2 with one line when the config file is missing, unreadable or not valid Python
+    (naming the path, and the line of a syntax error)."""
+    if not os.path.isfile(path):
+        _fail(FileNotFoundError(f"--config: config file {path!r} does not exist"
+                                f"{' (it is a directory)' if os.path.isdir(path) else ''}"), 2)
+    try:
+        with open(path, encoding="utf-8") as f:
+            compile(f.read(), path, "exec")
+    except SyntaxError as e:
+        _fail(SyntaxError(f"--config: syntax error in {path!r} line {e.lineno}: {e.msg}"), 2)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        _fail(OSError(f"--config: cannot read {path!r}: {e}"), 2)
+
+
 def parse_flags(argv):
-    """Parse flags; a bad config override (unknown key, wrong type) exits with status 2 and a
-    one-line message naming the key instead of a traceback."""
+    """Parse flags; a bad config file (missing, syntax error, raising in ``get_config``) or a bad
+    override (unknown key, wrong type) exits with status 2 and a one-line message naming the
+    path or key instead of a traceback."""
+    path = _config_path(argv[1:])
+    if path is not None:
+        check_config_file(path)
     try:
         return FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (flags, and whatever the config file's code raises)
         msg = " ".join(str(e).replace("\\n", " ").split())
         print(f"error: bad command line ({type(e).__name__}): {msg}", file=sys.stderr)
         sys.exit(2)

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 from typing import Any, Sequence
 
 import ml_collections
 
 from jaxdiff.conditional import validate_section
+from jaxdiff.data import get_source
 from jaxdiff.models import get_model
 from jaxdiff.samplers import CORRECTORS, PREDICTORS
 from jaxdiff.samplers.registry import available_samplers
 from jaxdiff.train.defaults import get_default_config
 
-__all__ = ["validate_config", "load_config", "ConfigError"]
+__all__ = ["validate_config", "load_config", "ConfigError", "config_changes",
+           "check_eval_split", "RESUME_IGNORED"]
 
 SDES = ("vpsde", "subvpsde", "vesde")
 METHODS = ("pc", "ode")
@@ -217,3 +220,50 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
             raise ConfigError(f"config.{key}: expected {type(target[leaf]).__name__}, got "
                               f"{type(value).__name__} {value!r}") from e
     return validate_config(config)
+
+
+# Keys that may change between a run and its resumption without changing what is trained:
+# the length of the run, logging / evaluation / checkpoint cadence, sampling and evaluation
+# settings, the devices and hosts (a checkpoint restores onto any mesh), where data lives.
+RESUME_IGNORED = ("training.n_iters", "training.log_freq", "training.eval_freq",
+                  "training.snapshot_freq", "training.snapshot_freq_for_preemption",
+                  "training.keep_latest", "training.snapshot_sampling",
+                  "training.async_checkpointing", "training.eval_at_end",
+                  "training.resume_with_changes", "training.n_jitted_steps", "sampling.", "eval.",
+                  "parallel.", "data.data_dir", "data.worker_count")
+
+
+def _flat(d: Any, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: list(d) if isinstance(d, tuple) else d}
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list:
+    """``['config.KEY: SAVED -> NOW', ...]``: the keys (outside :data:`RESUME_IGNORED`) whose
+    value in ``config`` differs from the ``saved`` config dict (a checkpoint's ``meta``)."""
+    now = _flat(json.loads(config.to_json_best_effort()))
+    old = _flat(saved)
+    missing = object()
+    out = []
+    for key in sorted(set(now) | set(old)):
+        if any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_IGNORED):
+            continue
+        a, b = old.get(key, missing), now.get(key, missing)
+        if a != b:
+            out.append(f"config.{key}: {'(absent)' if a is missing else repr(a)} -> "
+                       f"{'(absent)' if b is missing else repr(b)}")
+    return out
+
+
+def check_eval_split(config, data_dir: str) -> None:
+    """Raise :class:`ConfigError` when ``config.eval.batch_size`` exceeds the held-out split
+    (the held-out loss would average over zero batches)."""
+    n = len(get_source(config, config.data.eval_split, data_dir))
+    if config.eval.batch_size > n:
+        raise ConfigError(f"config.eval.batch_size={config.eval.batch_size} is larger than the "
+                          f"{n} examples of the eval split config.data.eval_split="
+                          f"{config.data.eval_split!r}")

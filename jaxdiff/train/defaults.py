@@ -42,6 +42,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.async_checkpointing = True
     training.ema_warmup = False            # EMA decay min(rate, (1 + n) / (10 + n))
     training.eval_at_end = False           # run --mode=eval once when training completes
+    training.resume_with_changes = False   # resume a workdir whose checkpoint was saved with a
+                                           # different config (else refused, naming the keys)
     training.fsdp = False                  # shard large params over the data axis
     training.fsdp_min_size = 2**18         # ... those with at least this many elements
 

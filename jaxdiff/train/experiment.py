@@ -3,7 +3,9 @@ every task (:mod:`jaxdiff.tasks`) builds its state with."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 
 import jax
@@ -12,7 +14,7 @@ from jaxdiff import parallel
 from jaxdiff.models import init_compiler_options, init_params
 from jaxdiff.train.state import TrainState, init_state
 
-__all__ = ["build_state", "check_workdir"]
+__all__ = ["build_state", "check_workdir", "workdir_lock", "WorkdirLocked"]
 
 
 def check_workdir(workdir: str) -> str:
@@ -36,6 +38,43 @@ def check_workdir(workdir: str) -> str:
         raise PermissionError(errno.EACCES, f"workdir {path!r} is not writable "
                               f"({e.strerror or e}); choose another --workdir") from e
     return path
+
+
+class WorkdirLocked(RuntimeError):
+    """Another process trains in the same workdir; the message names its pid."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """Hold ``<workdir>/lock`` (``fcntl.flock``, exclusive, non-blocking) while training.
+
+    The lock file holds the owner's pid; the kernel drops the lock when the owner exits (however
+    it dies), so a stale file of a dead process never blocks. Only process 0 of a multi-host run
+    takes it (the hosts share the workdir).
+
+    Raises:
+      WorkdirLocked: naming the pid of the process that holds it.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    path = os.path.join(workdir, "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkdirLocked(f"workdir {workdir!r} is in use by process {owner} (lock file "
+                                f"{path!r}): wait for it to finish or stop it; two runs must not "
+                                f"share a workdir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def build_state(config, model, shape: tuple, optimizer, mesh):

@@ -19,8 +19,16 @@ which task it runs (``jaxdiff.tasks.train(config, workdir)`` builds the task fro
 5. checkpoints (asynchronous) every ``snapshot_freq_for_preemption`` / ``snapshot_freq`` steps, at
    the end, and on SIGTERM / ``reached_preemption`` (then it returns ``status='preempted'``).
 
-A non-finite loss raises :class:`NonFiniteLoss` naming the first bad step; losses are checked
-before every save, so the newest checkpoint on disk is always a good one.
+Guarantees (docs/training.md, "What survives what"): the train step returns an on-device
+all-finite flag of the new state (params, EMA, optimiser state) with its losses; both are
+checked before every save, so a NaN / Inf loss or state raises :class:`NonFiniteLoss` naming the
+step and the newest checkpoint on disk, which is always a finite one. Every checkpoint records
+checksums of its state and data-iterator state; at start-up a damaged newest checkpoint is
+reported in one line, moved to ``<workdir>/checkpoints_damaged`` and the previous good one
+restored (:func:`jaxdiff.train.checkpoint.restore_newest_good`). A checkpoint saved with another
+config is refused naming the keys (``training.resume_with_changes=True`` accepts it); a second
+process on the same workdir is refused (a ``flock`` on ``<workdir>/lock``); a full disk raises
+:class:`~jaxdiff.train.checkpoint.DiskFull` naming the disk, the earlier checkpoints intact.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ from jaxdiff.data import resolve_data_dir, train_dataset
 from jaxdiff.eval.evaluators import run_evaluators
 from jaxdiff.train import checkpoint as ckpt
 from jaxdiff.train.evaluate import eval_context
-from jaxdiff.train.experiment import check_workdir
+from jaxdiff.train.config import ConfigError, check_eval_split, config_changes
+from jaxdiff.train.experiment import check_workdir, workdir_lock
 from jaxdiff.train.step import jit_train_step, make_train_step
 
 __all__ = ["train", "NonFiniteLoss"]
@@ -85,25 +94,84 @@ def _next_batches(it, n: int) -> dict:
     return np.stack([b["x"] for b in bs])
 
 
-def _check_finite(pending: list, first_step: int) -> list:
-    """Fetch pending per-step losses; raise on the first non-finite one."""
+def _last_good(manager) -> str:
+    """The newest complete checkpoint on disk, in words (pending saves finished first)."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 (reported by the caller's error already)
+        logging.warning("a pending checkpoint save failed: %s", e)
+    try:
+        manager.reload()
+    except Exception:  # noqa: BLE001
+        pass
+    last = manager.latest_step()
+    if last is None:
+        return "no checkpoint was saved before it"
+    return (f"the newest checkpoint on disk, step {last} ({os.path.join(str(manager.directory), str(last))}), "
+            f"holds a finite state: restart from it with a smaller config.optim.lr (add "
+            f"--config.training.resume_with_changes=True to change the config)")
+
+
+def _check_finite(pending: list, first_step: int, manager=None) -> list:
+    """Fetch pending ``(losses, state_finite, step)`` of the jitted calls (one transfer); raise
+    :class:`NonFiniteLoss` on the first non-finite loss or non-finite state."""
     if not pending:
         return []
-    losses = np.concatenate([np.asarray(jax.device_get(p)).reshape(-1) for p in pending])
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        step = first_step + int(bad[0]) + 1
-        raise NonFiniteLoss(f"the training loss is {losses[bad[0]]} at step {step}; the last "
-                            f"checkpoint (before step {step}) is kept")
-    return losses.tolist()
+    fetched = jax.device_get([(p[0], p[1]) for p in pending])
+    out, step0 = [], first_step
+    for (loss, finite), (_, _, step_after) in zip(fetched, pending):
+        loss = np.asarray(loss).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(loss))
+        where = _last_good(manager) if manager is not None and (bad.size or not finite) else ""
+        if bad.size:
+            step = step0 + int(bad[0]) + 1
+            raise NonFiniteLoss(f"the training loss is {loss[bad[0]]} at step {step}; nothing "
+                                f"after step {step - 1} is saved; {where}")
+        if not bool(finite):
+            span = f"step {step_after}" if step_after - step0 == 1 else \
+                f"steps {step0 + 1}..{step_after}"
+            raise NonFiniteLoss(f"the train state (params, EMA or optimiser state) is not finite "
+                                f"after the update at {span} (its loss {loss[-1]} was finite); "
+                                f"that state is not saved; {where}")
+        out.extend(loss.tolist())
+        step0 = step_after
+    return out
 
 
 def _validate_freqs(config) -> None:
     t = config.training
     for name in ("log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
         if t[name] % t.n_jitted_steps:
-            raise ValueError(f"config.training.{name}={t[name]} must be a multiple of "
-                             f"config.training.n_jitted_steps={t.n_jitted_steps}")
+            raise ConfigError(f"config.training.{name}={t[name]} must be a multiple of "
+                              f"config.training.n_jitted_steps={t.n_jitted_steps}")
+
+
+def _check_batch(name: str, batch_size: int, mesh) -> None:
+    try:
+        parallel.check_batch_size(name, batch_size, mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _config_guard(config, workdir: str):
+    """``on_meta`` for the restore: refuse a checkpoint saved with another config (keys named)
+    unless ``config.training.resume_with_changes``."""
+
+    def check(meta: dict, step: int) -> None:
+        if "config" not in meta:
+            return
+        changes = config_changes(meta["config"], config)
+        if not changes:
+            return
+        if config.training.get("resume_with_changes", False):
+            logging.warning("resuming step %d with a changed config: %s", step, "; ".join(changes))
+            return
+        raise ConfigError(f"workdir {workdir!r} holds a run (checkpoint {step}) with a different "
+                          f"config: {'; '.join(changes)}; use another --workdir, or pass "
+                          f"--config.training.resume_with_changes=True to resume with these "
+                          f"changes")
+
+    return check
 
 
 def train(task, workdir: str, *, max_steps: Optional[int] = None,
@@ -112,7 +180,8 @@ def train(task, workdir: str, *, max_steps: Optional[int] = None,
 
     Args:
       task: the run's task (:func:`jaxdiff.tasks.get_task`; its config is validated there).
-      workdir: run directory (created; must be writable). Checkpoints, TensorBoard events,
+      workdir: run directory (created; must be writable; one training process at a time: a
+        second one is refused naming the first's pid). Checkpoints, TensorBoard events,
         ``metrics.jsonl``, sample grids and ``tfds/`` (the built digits) go there.
       max_steps: stop after this many steps in this call (tests; the checkpoint is written).
       progress: show a tqdm progress bar on process 0.
@@ -121,20 +190,36 @@ def train(task, workdir: str, *, max_steps: Optional[int] = None,
       ``{'step', 'status' ('done' | 'preempted' | 'max_steps'), 'losses' {step: loss},
       'eval' {step: held-out loss}, 'sw' {step: sliced Wasserstein of a snapshot}}`` of this
       call.
+
+    Raises:
+      ConfigError: a frequency / batch size the run cannot use, or a workdir holding a run
+        with another config (the keys named).
+      WorkdirLocked: another process trains in ``workdir``.
+      NonFiniteLoss: a NaN / Inf loss or state; the newest checkpoint on disk stays good.
+      ckpt.NoGoodCheckpoint: checkpoints existed, none can be restored.
+      ckpt.DiskFull: the disk of ``workdir`` is full (the earlier checkpoints are intact).
     """
     if not hasattr(task, "train_loss"):
         raise TypeError(f"train takes a task (jaxdiff.tasks.get_task(config)), got "
                         f"{type(task).__name__}; jaxdiff.tasks.train(config, workdir) builds it")
     config = task.config
     _validate_freqs(config)
+    mesh = task.mesh
+    _check_batch("config.training.batch_size", config.training.batch_size, mesh)
+    _check_batch("config.eval.batch_size", config.eval.batch_size, mesh)
     workdir = check_workdir(workdir)
+    with workdir_lock(workdir):
+        return _train(task, workdir, max_steps, progress)
+
+
+def _train(task, workdir: str, max_steps: Optional[int], progress: bool) -> dict:
+    config = task.config
     main = parallel.is_main_process()
     t = config.training
     mesh, n_jit = task.mesh, t.n_jitted_steps
-    parallel.check_batch_size("config.training.batch_size", t.batch_size, mesh)
-    parallel.check_batch_size("config.eval.batch_size", config.eval.batch_size, mesh)
 
     data_dir = resolve_data_dir(config, workdir)
+    check_eval_split(config, data_dir)
     data_iter = iter(train_dataset(config, data_dir, process_index=jax.process_index(),
                                    process_count=jax.process_count()))
 
@@ -144,17 +229,20 @@ def train(task, workdir: str, *, max_steps: Optional[int] = None,
 
     manager = ckpt.make_manager(workdir, keep_latest=t.keep_latest, keep_every=t.snapshot_freq,
                                 async_save=t.async_checkpointing)
-    start = manager.latest_step()
-    if start is not None:
-        state, meta = ckpt.restore(manager, start, task.abstract_state, data_iter)
+    try:
+        state, meta, start = ckpt.restore_newest_good(manager, workdir, task.abstract_state,
+                                                      data_iter,
+                                                      on_meta=_config_guard(config, workdir))
+    except BaseException:
+        manager.close()
+        raise
+    if state is not None:
         logging.info("resumed from step %d (saved on %s devices)", start,
                      meta.get("device_count"))
     else:
         state = task.init(jax.random.PRNGKey(config.seed))
         start = 0
     step = int(jax.device_get(state.step))
-    if step != start:
-        raise RuntimeError(f"checkpoint {start} holds state.step={step}")
 
     periodic = task.evaluators(periodic=True)
     writer = _Writer(workdir) if main else None
@@ -172,12 +260,14 @@ def train(task, workdir: str, *, max_steps: Optional[int] = None,
                 batches = parallel.global_batch(_next_batches(data_iter, n_jit), mesh, leading=1)
                 state, metrics = step_fn(state, batches)
                 step += n_jit
-                pending.append(metrics["loss"])
+                pending.append((metrics["loss"], metrics["state_finite"], step))
                 preempted = preempt.reached(manager, step)
                 must_save = (step % t.snapshot_freq_for_preemption == 0 or
                              step % t.snapshot_freq == 0 or step >= stop_at or preempted)
                 if step % t.log_freq == 0 or must_save:
-                    losses = _check_finite(pending, pending_from)
+                    # the only host round-trip: losses and the all-finite flags of the states;
+                    # a state is saved only after this check passed
+                    losses = _check_finite(pending, pending_from, manager)
                     for i, l in enumerate(losses):
                         result["losses"][pending_from + i * 1 + 1] = l
                     pending, pending_from = [], step
@@ -214,15 +304,31 @@ def train(task, workdir: str, *, max_steps: Optional[int] = None,
                     break
             if result["status"] != "preempted" and step < t.n_iters:
                 result["status"] = "max_steps"
+        manager.wait_until_finished()  # an asynchronous save's error surfaces here
+    except Exception as e:
+        if ckpt.is_disk_full(e):
+            _quiet(manager.wait_until_finished)
+            _quiet(manager.reload)
+            raise ckpt.disk_full_error(workdir, f"training step {step} (checkpoint or metrics "
+                                       f"write)", manager.latest_step()) from e
+        raise
     finally:
-        manager.wait_until_finished()
-        manager.close()
+        _quiet(manager.wait_until_finished)
+        _quiet(manager.close)
         if writer:
-            writer.close()
+            _quiet(writer.close)
         if bar is not None:
             bar.close()
     result["step"] = step
     return result
+
+
+def _quiet(fn) -> None:
+    """Run a clean-up call; log (do not raise) its error, so it never hides the first one."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        logging.warning("%s failed during clean-up: %s", getattr(fn, "__name__", fn), e)
 
 
 def _eval_scalars(metrics: dict) -> dict:
