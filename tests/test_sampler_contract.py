@@ -251,3 +251,23 @@ def test_check_sampling_config_names_the_refused_option(method, key, value):
     config.sampling.method = "dpm"
     with pytest.raises(ValueError, match=r"config\.sampling\.method='dpm': unknown sampler"):
         check_sampling_config(config)
+
+
+# ---- docs/sampler_interface.md: the worked example of a new sampler runs as written -------------
+def test_the_documented_new_sampler_runs(capsys):
+    import pathlib
+    import re
+
+    from jaxdiff.samplers import registry
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "sampler_interface.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    assert len(code.strip().splitlines()) < 50
+    try:
+        exec(compile(code, "sampler_interface.md", "exec"), {})
+    finally:
+        registry._SAMPLERS.pop("heun_t", None)
+    nfe, mean, std = re.match(r"(\d+) \[(.*)\] \[(.*)\]", capsys.readouterr().out).groups()
+    assert int(nfe) == 101
+    np.testing.assert_allclose(np.array(mean.split(), float), [2.0, -1.0], atol=0.03)
+    np.testing.assert_allclose(np.array(std.split(), float), [0.5, 0.5], atol=0.03)
