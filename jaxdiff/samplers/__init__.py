@@ -6,10 +6,10 @@ the one builder :func:`make_sampler` from a :class:`Solver` (the integrate contr
 """
 
 from jaxdiff.samplers.adaptive import (
-                                       AdaptiveInfo,
-                                       adaptive_sde_integrate,
-                                       adaptive_sde_sampler,
-                                       adaptive_sde_solve,
+    AdaptiveInfo,
+    adaptive_sde_integrate,
+    adaptive_sde_sampler,
+    adaptive_sde_solve,
 )
 from jaxdiff.samplers.base import Solver, bind_cond, keep_dtype, make_sampler
 from jaxdiff.samplers.ddim import ddim_integrate, ddim_sampler, ddim_step
@@ -18,32 +18,32 @@ from jaxdiff.samplers.edm import edm_integrate, edm_sampler, karras_sigmas
 from jaxdiff.samplers.ode import get_solver, ode_integrate, ode_sampler, solve_ode
 from jaxdiff.samplers.pc import constrain, pc_integrate, pc_loop, pc_sampler, pc_step
 from jaxdiff.samplers.predictors import (
-                                       CORRECTORS,
-                                       PREDICTORS,
-                                       Step,
-                                       ald,
-                                       ancestral,
-                                       euler_maruyama,
-                                       get_corrector,
-                                       get_predictor,
-                                       langevin,
-                                       register_corrector,
-                                       register_predictor,
-                                       reverse_diffusion,
+    CORRECTORS,
+    PREDICTORS,
+    Step,
+    ald,
+    ancestral,
+    euler_maruyama,
+    get_corrector,
+    get_predictor,
+    langevin,
+    register_corrector,
+    register_predictor,
+    reverse_diffusion,
 )
 from jaxdiff.samplers.registry import (
-                                       available_samplers,
-                                       get_sampler,
-                                       num_steps_for_nfe,
-                                       register_sampler,
-                                       sampler_options,
+    available_samplers,
+    get_sampler,
+    num_steps_for_nfe,
+    register_sampler,
+    sampler_options,
 )
 from jaxdiff.samplers.schedule import (
-                                       data_prediction,
-                                       inverse_lambda,
-                                       log_alpha_sigma,
-                                       marginal_lambda,
-                                       time_grid,
+    data_prediction,
+    inverse_lambda,
+    log_alpha_sigma,
+    marginal_lambda,
+    time_grid,
 )
 
 __all__ = [
