@@ -9,17 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import struct
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdiff.analytic import GaussianMixture
 from jaxdiff.eval.distances import sliced_wasserstein
-from jaxdiff.sde import SDE, SubVPSDE, VESDE, VPSDE, batch_broadcast
 from jaxdiff.samplers.adaptive import adaptive_sde_solve
 from jaxdiff.samplers.ddim import ddim_integrate, ddim_step
-from jaxdiff.samplers.dpm_solver import (
-    dpm_solver_pp_integrate, inverse_lambda, marginal_lambda, time_grid)
+from jaxdiff.samplers.dpm_solver import dpm_solver_pp_integrate, inverse_lambda, marginal_lambda, time_grid
 from jaxdiff.samplers.edm import edm_integrate, karras_sigmas
 from jaxdiff.samplers.registry import available_samplers, get_sampler, num_steps_for_nfe
+from jaxdiff.sde import SDE, VESDE, VPSDE, SubVPSDE, batch_broadcast
 
 EPS = 1e-3
 MU = np.array([0.5, -1.0, 1.5])
