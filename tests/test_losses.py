@@ -131,3 +131,32 @@ def test_get_loss_dispatch_and_errors():
         losses.ddpm_loss(VESDE(), s)
     with pytest.raises(ValueError, match=r"batch must be an array of shape \(B, ...\)"):
         losses.score_matching_loss(VPSDE(), s)(None, jax.random.key(0), jnp.ones(3))
+
+
+def test_dsm_per_example_is_the_one_body():
+    """The shared DSM body: |s std + z|^2 (mean or sum over dimensions), or with g2 the likelihood
+    weighting |s + z / std|^2 g2, on numbers worked out by hand."""
+    score = jnp.array([[1.0, -2.0], [0.5, 0.0]])
+    z = jnp.array([[0.0, 1.0], [-1.0, 2.0]])
+    std = jnp.array([[2.0], [0.5]])
+    # example 0: (2, -4 + 1) -> 4 + 9 = 13; example 1: (0.25 - 1, 2) -> 0.5625 + 4 = 4.5625
+    np.testing.assert_allclose(losses.dsm_per_example(score, z, std, reduce_mean=False),
+                               [13.0, 4.5625])
+    np.testing.assert_allclose(losses.dsm_per_example(score, z, std), [6.5, 2.28125])
+    # likelihood weighting: example 0: (1, -1.5) -> 3.25 * 3; example 1: (-1.5, 4) -> 18.25 * 0.5
+    np.testing.assert_allclose(
+        losses.dsm_per_example(score, z, std, g2=jnp.array([3.0, 0.5]), reduce_mean=False),
+        [9.75, 9.125])
+
+
+def test_smld_default_reduction_is_get_losss():
+    """smld_loss and get_loss(..., continuous=False) reduce the same way by default (the mean)."""
+    sde = VESDE(N=100)
+    score_fn = lambda p, x, t: -x * p
+    batch = jax.random.normal(jax.random.key(8), (16, 3, 2))
+    key = jax.random.key(9)
+    direct, aux = losses.smld_loss(sde, score_fn)(0.3, key, batch)
+    via_config, _ = losses.get_loss(sde, score_fn, continuous=False)(0.3, key, batch)
+    summed, _ = losses.smld_loss(sde, score_fn, reduce_mean=False)(0.3, key, batch)
+    np.testing.assert_allclose(direct, via_config, rtol=1e-6)
+    np.testing.assert_allclose(summed, 6 * direct, rtol=1e-5)

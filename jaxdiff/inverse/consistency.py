@@ -90,7 +90,7 @@ def init_from_prior(sde, op, y: Array, key: Array, shape, dtype, t=None, x_hat=N
     t = sde.T if t is None else t
     z = jax.random.normal(key, shape, dtype)
     tb = jnp.full((shape[0],), t, dtype)
-    alpha, sigma = sde.marginal_coeffs(tb)
+    alpha, sigma = (c.astype(dtype) for c in sde.marginal_coeffs(tb))  # x64: keep the dtype
     x = batch_broadcast(sigma, z) * z
     if x_hat is not None:
         x = x + batch_broadcast(alpha, z) * jnp.broadcast_to(x_hat, shape).astype(dtype)
@@ -207,7 +207,8 @@ def ode_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, rtol: float = 
         args = (params, op, y, op(z))
         x, nfe = solve_ode(vector_field, x, sde.T, eps, args, solver=solver, rtol=rtol,
                            atol=atol, max_steps=max_steps)
-        x = op.project(x, y)
+        # (diffrax promotes the state to the float64 time dtype under x64: cast back)
+        x = op.project(x.astype(dtype), y)
         return x, nfe
 
     return sample

@@ -70,8 +70,8 @@ def teleport(sde, stats: GaussianStats, x: Array, t_from, t_to) -> Array:
     Returns:
       The states at ``t_to``, same shape.
     """
-    a0, s0 = sde.marginal_coeffs(jnp.asarray(t_from, x.dtype))
-    a1, s1 = sde.marginal_coeffs(jnp.asarray(t_to, x.dtype))
+    a0, s0 = (c.astype(x.dtype) for c in sde.marginal_coeffs(jnp.asarray(t_from, x.dtype)))
+    a1, s1 = (c.astype(x.dtype) for c in sde.marginal_coeffs(jnp.asarray(t_to, x.dtype)))
     lam = stats.eigvals.astype(x.dtype)
     u = stats.eigvecs.astype(x.dtype)
     mu = stats.mean.astype(x.dtype)
@@ -145,9 +145,10 @@ def warm_start_sampler(sde, score_fn, shape: tuple[int, ...], *, t_skip: float,
         x = start(k_prior, cond)
         x, nfe = ode_integrate(sde, score_fn, params, x, t_skip, eps, solver=solver, rtol=rtol,
                                atol=atol, max_steps=max_steps, sharding=sharding)
+        x = x.astype(dtype)   # diffrax promotes the state to the float64 time dtype under x64
         if noise_removal:
             _, x = denoiser.update(params, k_denoise, x, jnp.full((batch,), eps, x.dtype))
             nfe = nfe + 1
-        return x, nfe
+        return x.astype(dtype), nfe
 
     return sample
