@@ -43,6 +43,7 @@ from jaxdiff.train.checkpoint import CheckpointMismatch, DiskFull, NoGoodCheckpo
 from jaxdiff.train.config import check_eval_split
 from jaxdiff.train.evaluate import evaluate, sample
 from jaxdiff.train.experiment import WorkdirLocked
+from jaxdiff.train.sampling import check_sampling_config
 
 # bad inputs: exit status 2; failures of a run that started: exit status 1 (both one line)
 BAD_INPUT = (ConfigError, CheckpointMismatch, DatasetNotFound, PermissionError,
@@ -73,6 +74,8 @@ def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int
         raise ConfigError(f"--mode must be train, eval or sample, got {mode!r}")
     try:  # every ValueError of building the task is a bad input (mesh, model, sampler ...)
         task = get_task(config)
+        if "msdiff" not in config:  # the sampler of snapshots / --mode=sample takes its options
+            check_sampling_config(config)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if mode == "eval":

@@ -194,7 +194,10 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
         raise FileNotFoundError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location("_jaxdiff_config", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path!r}: syntax error at line {e.lineno}: {e.msg}") from e
     config = module.get_config()
     for item in overrides:
         key, sep, raw = item.partition("=")
