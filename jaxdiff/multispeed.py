@@ -63,8 +63,10 @@ class MultiSpeedSDE(SDE):
     Build with :meth:`create`, which checks the speeds and takes ``N`` from the base.
     """
 
-    base: SDE
-    speeds: Array
+    # (mypy places the redeclared N first, where SDE declares it for the type checker; the
+    # runtime dataclass has no N in the base, so base and speeds stay positional)
+    base: SDE  # type: ignore[misc]
+    speeds: Array  # type: ignore[misc]
     N: int = struct.field(pytree_node=False, default=1000)
 
     @classmethod
