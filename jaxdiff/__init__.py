@@ -6,8 +6,19 @@ diffusion, conditional estimators). The training system (``jaxdiff.train``, ``ja
 evaluation (``jaxdiff.eval``) are imported explicitly, since they bring tfds, grain and Orbax.
 """
 
-from jaxdiff import (analytic, conditional, inverse, likelihood, losses, models, multiscale,
-                     multispeed, samplers, scores, sde)
+from jaxdiff import (
+                     analytic,
+                     conditional,
+                     inverse,
+                     likelihood,
+                     losses,
+                     models,
+                     multiscale,
+                     multispeed,
+                     samplers,
+                     scores,
+                     sde,
+)
 from jaxdiff.analytic import GaussianMixture
 from jaxdiff.likelihood import bits_per_dim, bound_bits_per_dim, log_likelihood, variational_bound
 from jaxdiff.losses import ddpm_loss, get_loss, score_matching_loss, smld_loss
@@ -30,7 +41,8 @@ __all__ = [
     # losses
     "score_matching_loss", "ddpm_loss", "smld_loss", "get_loss",
     # samplers and likelihood
-    "pc_sampler", "ode_sampler", "get_sampler", "log_likelihood", "bits_per_dim", "variational_bound", "bound_bits_per_dim",
+    "pc_sampler", "ode_sampler", "get_sampler", "log_likelihood", "bits_per_dim", "variational_bound",
+    "bound_bits_per_dim",
     # networks
     "get_model", "init_params", "get_score_fn",
 ]

@@ -65,8 +65,8 @@ class MultiSpeedSDE(SDE):
 
     # (mypy places the redeclared N first, where SDE declares it for the type checker; the
     # runtime dataclass has no N in the base, so base and speeds stay positional)
-    base: SDE  # type: ignore[misc]
-    speeds: Array  # type: ignore[misc]
+    base: SDE
+    speeds: Array
     N: int = struct.field(pytree_node=False, default=1000)
 
     @classmethod

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,9 +70,6 @@ class SDE(struct.PyTreeNode, abc.ABC):
     """
 
     # ``N`` (static, with a default) is declared by every concrete subclass, last.
-    if TYPE_CHECKING:  # for the type checker only: not a dataclass field here
-        N: int
-
     @property
     def T(self) -> float:
         """End time of the forward process (1, as in the paper)."""
@@ -108,7 +105,7 @@ class SDE(struct.PyTreeNode, abc.ABC):
 
     def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
         """One step of the forward process ``x_{i+1} = x_i + f_i + G_i z_i`` (Euler-Maruyama)."""
-        dt = 1.0 / self.N
+        dt = 1.0 / self.N  # type: ignore[attr-defined]  # every concrete SDE declares N
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * jnp.sqrt(dt)
 
@@ -134,7 +131,7 @@ class ReverseSDE:
 
     @property
     def N(self) -> int:
-        return self.forward.N
+        return self.forward.N  # type: ignore[attr-defined]
 
     @property
     def T(self) -> float:

@@ -1,10 +1,8 @@
 """Dataset bits/dim: sharded over 8 devices equals one device; equals the per-batch mean."""
 
+import jax
 import numpy as np
 import pytest
-
-import jax
-import jax.numpy as jnp
 
 import jaxdiff as jd
 from jaxdiff.eval.bpd import dataset_bits_per_dim

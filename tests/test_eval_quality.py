@@ -4,10 +4,9 @@ FID Inception (random weights; slow)."""
 import os
 import types
 
+import jax
 import numpy as np
 import pytest
-
-import jax
 
 from jaxdiff.eval import quality as Q
 
@@ -86,7 +85,7 @@ def test_inception_hook_with_random_weights(digits_setup, tmp_path):
     # scale) and KID within its noise; other digits are farther.
     assert out["fid_num_reference"] == 16 and out["fid_num_samples"] == 16
     ref = np.load(os.path.join(workdir, "eval",
-                               f"inception_stats_digits_train_16_16.npz"))
+                               "inception_stats_digits_train_16_16.npz"))
     scale = np.trace(ref["sigma"])
     assert out["fid"] < 1e-3 * scale, (out, scale)
     assert abs(out["kid"]) < 3 * out["kid_std"] + 1e-9

@@ -8,9 +8,9 @@ import pytest
 from jaxdiff import parallel
 from jaxdiff.data import train_dataset
 from jaxdiff.models import configs as model_configs
+from jaxdiff.tasks import get_task
 from jaxdiff.train import checkpoint as ckpt
 from jaxdiff.train import get_default_config
-from jaxdiff.tasks import get_task
 from jaxdiff.train.step import jit_train_step, make_train_step
 
 

@@ -10,7 +10,8 @@ import jaxdiff
 
 SUBPACKAGES = ["jaxdiff." + name for name in jaxdiff.__all__
                if inspect.ismodule(getattr(jaxdiff, name))]
-EXPLICIT = ["jaxdiff.train", "jaxdiff.data", "jaxdiff.eval", "jaxdiff.tasks"]  # imported explicitly (tfds, Orbax)
+# imported explicitly (tfds, Orbax)
+EXPLICIT = ["jaxdiff.train", "jaxdiff.data", "jaxdiff.eval", "jaxdiff.tasks"]
 
 
 def _public(modname):

@@ -4,9 +4,7 @@ set-up commands are the ones CI runs."""
 import pathlib
 import re
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,10 +6,10 @@ good samplers stay below 1.5x the floor, a score off by a factor of 2 (either wa
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import jaxdiff as jd
 from jaxdiff.eval import component_fractions, sliced_wasserstein
@@ -155,7 +155,8 @@ def test_bad_options_are_named():
         jd.pc_sampler(sde, MIX.score_fn(sde), (4, 2), predictor="euler")
     with pytest.raises(ValueError, match="unknown corrector 'langevine'"):
         jd.pc_sampler(sde, MIX.score_fn(sde), (4, 2), corrector="langevine")
-    with pytest.raises(ValueError, match="ancestral predictor is defined for VPSDE and VESDE only, not SubVPSDE"):
+    with pytest.raises(ValueError,
+                       match="ancestral predictor is defined for VPSDE and VESDE only, not SubVPSDE"):
         jd.pc_sampler(jd.SubVPSDE(), MIX.score_fn(sde), (4, 2), predictor="ancestral")
     with pytest.raises(ValueError, match="unknown ODE solver 'rk45'"):
         jd.ode_sampler(sde, MIX.score_fn(sde), (4, 2), solver="rk45")

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.data import train_dataset
-from jaxdiff.tasks import (TASKS, ScoreSDETask, evaluate, get_task, load_params, task_name,
-                           train)
+from jaxdiff.tasks import TASKS, ScoreSDETask, evaluate, get_task, load_params, task_name, train
 from jaxdiff.train import ConfigError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -5,16 +5,25 @@ dataset bits/dim, and the evaluators of a run (:mod:`jaxdiff.eval.evaluators`)."
 from jaxdiff.eval.bpd import dataset_bits_per_dim
 from jaxdiff.eval.convert_inception import convert_pth, convert_state_dict
 from jaxdiff.eval.digits import DigitsClassifier, digits_metrics, load_or_train_digits_classifier
-from jaxdiff.eval.evaluators import (EvalContext, Evaluator, from_config, register_eval_hook,
-                                     run_evaluators, write_report)
 from jaxdiff.eval.distances import component_fractions, moment_errors, sliced_wasserstein
-from jaxdiff.eval.features import (cached_statistics, extract_features, inception_feature_fn,
-                                   make_feature_fn)
-from jaxdiff.eval.inception import (FIDInceptionV3, load_inception_params, preprocess,
-                                    save_inception_params)
-from jaxdiff.eval.metrics import (feature_statistics, fid_from_features, frechet_distance,
-                                  inception_score, kernel_inception_distance,
-                                  polynomial_mmd2_unbiased)
+from jaxdiff.eval.evaluators import (
+                                     EvalContext,
+                                     Evaluator,
+                                     from_config,
+                                     register_eval_hook,
+                                     run_evaluators,
+                                     write_report,
+)
+from jaxdiff.eval.features import cached_statistics, extract_features, inception_feature_fn, make_feature_fn
+from jaxdiff.eval.inception import FIDInceptionV3, load_inception_params, preprocess, save_inception_params
+from jaxdiff.eval.metrics import (
+                                     feature_statistics,
+                                     fid_from_features,
+                                     frechet_distance,
+                                     inception_score,
+                                     kernel_inception_distance,
+                                     polynomial_mmd2_unbiased,
+)
 from jaxdiff.eval.quality import quality_metrics
 
 __all__ = [

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxdiff.parallel import padded_batches
 
@@ -14,8 +16,8 @@ __all__ = ["dataset_bits_per_dim"]
 
 
 def dataset_bits_per_dim(bpd_fn: Callable, params: Any, key: jax.Array, batches: Iterable, *,
-                         mesh: Optional[jax.sharding.Mesh] = None, axis: str = "data",
-                         max_examples: Optional[int] = None) -> dict:
+                         mesh: jax.sharding.Mesh | None = None, axis: str = "data",
+                         max_examples: int | None = None) -> dict:
     """Average bits/dim of integer images over batches (a dataset split).
 
     Args:
@@ -26,8 +28,9 @@ def dataset_bits_per_dim(bpd_fn: Callable, params: Any, key: jax.Array, batches:
       batches: iterable of uint8 arrays ``(B, ...)`` or dicts with an ``'image'`` entry (a tfds /
         grain loader).
       mesh, axis: an ``AxisType.Auto`` mesh (as :func:`jaxdiff.parallel.make_mesh` builds; the
-        adaptive solver's error norm reduces over the batch); each batch is padded to a multiple of ``mesh.shape[axis]`` (by repeating its last
-        example; padded rows are dropped from the result) and split over that axis.
+        adaptive solver's error norm reduces over the batch); each batch is padded to a multiple
+        of ``mesh.shape[axis]`` (by repeating its last example; padded rows are dropped from the
+        result) and split over that axis.
       max_examples: stop after this many examples.
 
     Returns:

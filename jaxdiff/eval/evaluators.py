@@ -24,7 +24,8 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ __all__ = ["Evaluator", "EvalContext", "HeldOutLoss", "BitsPerDim", "ToySlicedWa
 EVAL_HOOKS: list = []
 
 
-def register_eval_hook(hook: Callable[["EvalContext"], dict]) -> Callable:
+def register_eval_hook(hook: Callable[[EvalContext], dict]) -> Callable:
     """Add ``hook(ctx) -> dict`` to every ``--mode=eval`` (usable as a decorator); it becomes a
     :class:`HookEvaluator` named ``hook.__name__``. Returns ``hook``."""
     if hook not in EVAL_HOOKS:
@@ -66,7 +67,7 @@ class EvalContext:
     data_dir: str
     workdir: str
     key: jax.Array
-    _samples: Optional[np.ndarray] = None
+    _samples: np.ndarray | None = None
 
     @property
     def mesh(self):
@@ -120,7 +121,7 @@ class HeldOutLoss(Evaluator):
     def __init__(self, loss_fn: Callable, mesh):
         self.mesh = mesh
         self.eval_step = make_eval_step(loss_fn, mesh)
-        self._batches: Optional[list] = None
+        self._batches: list | None = None
 
     def batches(self, config, data_dir: str) -> list:
         """The (cached) global eval batches."""
@@ -265,7 +266,7 @@ def run_evaluators(evaluators: Sequence[Evaluator], params, ctx: EvalContext) ->
     return out
 
 
-def write_report(workdir: str, step: int, report: dict) -> Optional[str]:
+def write_report(workdir: str, step: int, report: dict) -> str | None:
     """Write ``report`` to ``<workdir>/eval/report_<step>.json`` (process 0 only; sorted keys);
     return the path (``None`` on other processes)."""
     if not parallel.is_main_process():

@@ -10,16 +10,16 @@ config (the task is built here) or a task. docs/tasks.md shows how to add a task
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from jaxdiff.tasks import msdiff, score_sde
 from jaxdiff.tasks.base import TASKS, Task, available_tasks, get_task, register_task, task_name
 from jaxdiff.tasks.msdiff import ConditionalTask, MultiScaleTask
 from jaxdiff.tasks.score_sde import ScoreSDETask
-from jaxdiff.train.evaluate import evaluate as _evaluate_fn
 from jaxdiff.train import load_params as _load_params
 from jaxdiff.train import sample as _sample
 from jaxdiff.train import train as _train
+from jaxdiff.train.evaluate import evaluate as _evaluate_fn
 
 __all__ = ["Task", "TASKS", "register_task", "get_task", "available_tasks", "task_name",
            "ScoreSDETask", "ConditionalTask", "MultiScaleTask", "msdiff", "score_sde",
@@ -31,7 +31,7 @@ def as_task(config_or_task, mesh=None) -> Task:
     return config_or_task if isinstance(config_or_task, Task) else get_task(config_or_task, mesh)
 
 
-def train(config_or_task, workdir: str, *, max_steps: Optional[int] = None,
+def train(config_or_task, workdir: str, *, max_steps: int | None = None,
           progress: bool = True) -> dict:
     """:func:`jaxdiff.train.loop.train` of the task of a config (or of a task)."""
     return _train(as_task(config_or_task), workdir, max_steps=max_steps, progress=progress)
@@ -42,14 +42,14 @@ def evaluate(config_or_task, workdir: str) -> dict:
     return _evaluate_fn(as_task(config_or_task), workdir)
 
 
-def sample(config_or_task, workdir: str, *, num_samples: Optional[int] = None,
-           stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+def sample(config_or_task, workdir: str, *, num_samples: int | None = None,
+           stage_workdirs: Sequence[str] | None = None) -> dict:
     """:func:`jaxdiff.train.evaluate.sample` of the task of a config (or of a task)."""
     return _sample(as_task(config_or_task), workdir, num_samples=num_samples,
                             stage_workdirs=stage_workdirs)
 
 
-def load_params(config_or_task, workdir: str, *, step: Optional[int] = None,
+def load_params(config_or_task, workdir: str, *, step: int | None = None,
                 use_ema: bool = True):
     """``(params, step, task)``: :func:`jaxdiff.train.evaluate.load_params` of the task of a
     config (or of a task)."""

@@ -23,7 +23,7 @@ class from ``config.task`` (default ``'score_sde'``; a config with an ``msdiff``
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def task_name(config) -> str:
     return name
 
 
-def get_task(config, mesh=None) -> "Task":
+def get_task(config, mesh=None) -> Task:
     """Validate ``config``, initialise ``jax.distributed`` on several hosts and build its task on
     ``mesh`` (default: ``config.parallel.num_devices`` devices).
 
@@ -162,7 +162,7 @@ class Task:
         """Snapshot sampling during training; returns scalars to log (default: nothing)."""
         return {}
 
-    def sample(self, workdir: str, *, num_samples: Optional[int] = None,
-               stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+    def sample(self, workdir: str, *, num_samples: int | None = None,
+               stage_workdirs: Sequence[str] | None = None) -> dict:
         """``--mode=sample`` in ``workdir``; returns a summary dict."""
         raise NotImplementedError(f"task {self.name!r} has no --mode=sample")

@@ -35,7 +35,8 @@ import json
 import logging
 import math
 import os
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +80,8 @@ class MSDiffSetup:
     image_shape: tuple
     net_shape: tuple
     net_config: Any
-    ms: Optional[multiscale.HaarMultiScale] = None
-    stage: Optional[int] = None
+    ms: multiscale.HaarMultiScale | None = None
+    stage: int | None = None
 
 
 def _section(config):
@@ -109,7 +110,7 @@ def network_config(config):
     return net
 
 
-def setup(config, sde) -> Optional[MSDiffSetup]:
+def setup(config, sde) -> MSDiffSetup | None:
     """The :class:`MSDiffSetup` of ``config`` for the base SDE ``sde`` (``None`` without a
     ``config.msdiff`` section).
 
@@ -160,6 +161,7 @@ def get_score_fns(config, model, sde, ms_setup: MSDiffSetup):
     """
     if ms_setup.mode == "conditional":
         return plain_score_fns(config, model, sde)
+    assert ms_setup.ms is not None and ms_setup.stage is not None
     return plain_score_fns(config, model, ms_setup.ms.sde(ms_setup.stage))
 
 
@@ -195,6 +197,7 @@ def _loss_fn(config, ms_setup: MSDiffSetup, sde, score_fn, *, train: bool) -> Ca
             channels=ms_setup.image_shape[2], reduce_mean=t.reduce_mean,
             likelihood_weighting=t.likelihood_weighting, eps=t.loss_eps, rng_kwarg=rng_kwarg)
         return loss_fn
+    assert ms_setup.ms is not None and ms_setup.stage is not None
     return multiscale.multiscale_loss(ms_setup.ms, ms_setup.stage, score_fn,
                                       reduce_mean=t.reduce_mean, eps=t.loss_eps,
                                       rng_kwarg=rng_kwarg)
@@ -320,10 +323,10 @@ def draw_conditional(config, sampler, params, key, images) -> dict:
     sec = _section(config)
     images = jnp.asarray(images, jnp.float32)
     y = conditional.make_observe(sec, int(config.data.image_size))(images)
-    x, nfe = sampler(params, key, y)
-    x, y, truth = (np.asarray(jax.device_get(a)) for a in (x, y, images))
-    cond = condition_image(sec, y, truth.shape[1:], config.data.centered)
-    out = {"x": x, "y": y, "cond": cond, "truth": truth, "nfe": np.asarray(nfe),
+    x_dev, nfe = sampler(params, key, y)
+    x, y_np, truth = (np.asarray(jax.device_get(a)) for a in (x_dev, y, images))
+    cond = condition_image(sec, y_np, truth.shape[1:], config.data.centered)
+    out = {"x": x, "y": y_np, "cond": cond, "truth": truth, "nfe": np.asarray(nfe),
            "psnr": psnr(x, truth, config.data.centered)}
     if sec.task != "edges":
         out["psnr_condition"] = psnr(cond, truth, config.data.centered)
@@ -350,8 +353,8 @@ def _end_kw(fn: Callable) -> str:
     return "noise_removal" if "noise_removal" in inspect.signature(fn).parameters else "denoise"
 
 
-def multiscale_sample(config, workdir: str, stage_workdirs: Optional[Sequence[str]], *,
-                      num_samples: Optional[int] = None, mesh=None) -> dict:
+def multiscale_sample(config, workdir: str, stage_workdirs: Sequence[str] | None, *,
+                      num_samples: int | None = None, mesh=None) -> dict:
     """Coarse-to-fine samples of a multi-scale model from its ``L + 1`` per-stage runs.
 
     Args:
@@ -386,6 +389,7 @@ def multiscale_sample(config, workdir: str, stage_workdirs: Optional[Sequence[st
         steps.append(st)
         ms = task.msdiff.ms
         fns.append(lambda ps, c, t, s=s, f=task.score_fn: f(ps[s], c, t))
+    assert ms is not None  # dirs is not empty (L + 1 >= 1 stages)
     n = int(num_samples or config.sampling.num_samples)
     smp = config.sampling
     sampler = multiscale.multiscale_sampler(
@@ -474,7 +478,7 @@ class ConditionalTask(_MSDiffTask):
 
     def __init__(self, config, mesh=None):
         super().__init__(config, mesh)
-        self._snapshot: Optional[tuple] = None
+        self._snapshot: tuple | None = None
 
     def extra_evaluators(self, periodic: bool) -> list:
         """:class:`ConditionalPSNR` in ``--mode=eval`` with ``config.eval.enable_sampling``."""
@@ -502,8 +506,8 @@ class ConditionalTask(_MSDiffTask):
         logging.info("step %d: conditional samples PSNR %.2f dB", step, float(np.mean(d["psnr"])))
         return {}
 
-    def sample(self, workdir: str, *, num_samples: Optional[int] = None,
-               stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+    def sample(self, workdir: str, *, num_samples: int | None = None,
+               stage_workdirs: Sequence[str] | None = None) -> dict:
         """``--mode=sample``: loads the EMA params of the newest (or
         ``config.eval.checkpoint_step``) checkpoint in ``workdir``, takes the first
         ``num_samples`` (default ``config.sampling.num_samples``) held-out images, observes them
@@ -551,8 +555,8 @@ class MultiScaleTask(_MSDiffTask):
             self._logged = True
         return {}
 
-    def sample(self, workdir: str, *, num_samples: Optional[int] = None,
-               stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+    def sample(self, workdir: str, *, num_samples: int | None = None,
+               stage_workdirs: Sequence[str] | None = None) -> dict:
         """:func:`multiscale_sample` from ``stage_workdirs`` (the runs of stages 0..L)."""
         return multiscale_sample(self.config, workdir, stage_workdirs, num_samples=num_samples,
                                  mesh=self.mesh)

@@ -5,7 +5,8 @@ the generic evaluators (held-out loss, bits/dim, toy sliced Wasserstein, sample 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -73,8 +74,8 @@ class ScoreSDETask(Task):
             save_scatter(out, x, reference=ref)
         return {"sliced_wasserstein": sw}
 
-    def sample(self, workdir: str, *, num_samples: Optional[int] = None,
-               stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+    def sample(self, workdir: str, *, num_samples: int | None = None,
+               stage_workdirs: Sequence[str] | None = None) -> dict:
         """Samples from the EMA params of the newest (or ``config.eval.checkpoint_step``)
         checkpoint with ``config.sampling``.
 
@@ -93,7 +94,7 @@ class ScoreSDETask(Task):
         png = os.path.join(out, f"samples_{step}.png")
         if parallel.is_main_process():
             os.makedirs(out, exist_ok=True)
-            arrays = {"x": x, "nfe": np.asarray(nfe)}
+            arrays: dict[str, Any] = {"x": x, "nfe": np.asarray(nfe)}
             if c.data.dataset == "toy":
                 save_scatter(png, x)
             else:

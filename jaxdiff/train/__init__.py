@@ -1,8 +1,8 @@
 """Training: configs, the train state, the sharded train step, checkpoints, the loop, evaluation.
 
 The loop (:func:`train`), :func:`jaxdiff.train.evaluate.evaluate` and :func:`sample` take a task
-built once from the config (:func:`jaxdiff.tasks.get_task`), which owns the SDE, network, losses, evaluators and
-sampling; ``jaxdiff.tasks.train(config, workdir)`` (and ``evaluate``, ``sample``) accept a
+built once from the config (:func:`jaxdiff.tasks.get_task`), which owns the SDE, network, losses,
+evaluators and sampling; ``jaxdiff.tasks.train(config, workdir)`` (and ``evaluate``, ``sample``) accept a
 config. This package never imports :mod:`jaxdiff.tasks`.
 """
 
@@ -13,8 +13,14 @@ from jaxdiff.train.evaluate import load_params, sample
 from jaxdiff.train.experiment import build_state, check_workdir
 from jaxdiff.train.loop import NonFiniteLoss, train
 from jaxdiff.train.state import TrainState, ema_update, get_optimizer, init_state, lr_schedule
-from jaxdiff.train.step import (get_loss_fn, get_score_fns, get_sde, jit_train_step,
-                                make_eval_step, make_train_step)
+from jaxdiff.train.step import (
+                                get_loss_fn,
+                                get_score_fns,
+                                get_sde,
+                                jit_train_step,
+                                make_eval_step,
+                                make_train_step,
+)
 
 __all__ = [
     "train", "sample", "load_params", "NonFiniteLoss", "TrainState",

@@ -15,13 +15,12 @@ only read its ``config``, ``abstract_state``, ``evaluators()``, ``report_fields(
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 
 from jaxdiff.data import resolve_data_dir
-from jaxdiff.eval.evaluators import (EVAL_HOOKS, EvalContext, register_eval_hook,
-                                     run_evaluators, write_report)
+from jaxdiff.eval.evaluators import EVAL_HOOKS, EvalContext, register_eval_hook, run_evaluators, write_report
 from jaxdiff.train import checkpoint as ckpt
 from jaxdiff.train.experiment import check_workdir
 
@@ -35,7 +34,7 @@ def _check_task(task, fn: str) -> None:
                         f"{type(task).__name__}; jaxdiff.tasks.{fn}(config, workdir) builds it")
 
 
-def load_params(task, workdir: str, *, step: Optional[int] = None, use_ema: bool = True):
+def load_params(task, workdir: str, *, step: int | None = None, use_ema: bool = True):
     """``(params, step, task)`` from a run's checkpoint (restored onto the task's mesh).
 
     Args:
@@ -50,7 +49,7 @@ def load_params(task, workdir: str, *, step: Optional[int] = None, use_ema: bool
     return (state.ema_params if use_ema else state.params), int(meta["step"]), task
 
 
-def eval_context(task, params, step: int, workdir: str, data_dir: Optional[str] = None
+def eval_context(task, params, step: int, workdir: str, data_dir: str | None = None
                  ) -> EvalContext:
     """The :class:`EvalContext` of ``params`` at ``step`` (key ``fold_in(PRNGKey(seed),
     1000 + step)``), as both evaluation paths build it."""
@@ -83,8 +82,8 @@ def evaluate(task, workdir: str) -> dict:
     return report
 
 
-def sample(task, workdir: str, *, num_samples: Optional[int] = None,
-           stage_workdirs: Optional[Sequence[str]] = None) -> dict:
+def sample(task, workdir: str, *, num_samples: int | None = None,
+           stage_workdirs: Sequence[str] | None = None) -> dict:
     """``--mode=sample``: ``task.sample(workdir, num_samples=..., stage_workdirs=...)`` (see the
     task's docs for what it writes and returns; ``stage_workdirs`` is read by multi-stage tasks
     only)."""
