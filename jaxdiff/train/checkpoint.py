@@ -168,7 +168,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None, 
     """Save ``state`` (and the data iterator's position) at ``step`` (asynchronously when the
     manager is async), with the integrity record in ``meta``. Returns whether a save was
     started."""
-    record = {"leaves": [r + [c] for r, c in zip(_leaf_record(state), state_checksums(state))]}
+    record: dict[str, Any] = {"leaves": [r + [c] for r, c in zip(_leaf_record(state), state_checksums(state))]}
     if data_iter is not None:
         record["data_sha256"] = {str(jax.process_index()): data_state_sha256(data_iter)}
     items = {"state": ocp.args.StandardSave(state),
@@ -416,13 +416,14 @@ def restore_latest(workdir: str, abstract_state: Any, *, step: Optional[int] = N
 def is_disk_full(e: BaseException) -> bool:
     """Whether ``e`` (or what caused it) is ENOSPC, as an errno or in a wrapped message."""
     seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+    cur: Optional[BaseException] = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "No space left on device" in str(e) or "ENOSPC" in str(e):
+        if "No space left on device" in str(cur) or "ENOSPC" in str(cur):
             return True
-        e = e.__cause__ or e.__context__
+        cur = cur.__cause__ or cur.__context__
     return False
 
 

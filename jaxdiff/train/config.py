@@ -193,6 +193,8 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location("_jaxdiff_config", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"config file {path!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -39,7 +39,7 @@ import os
 import signal
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -89,7 +89,7 @@ class _Preemption:
         return False
 
 
-def _next_batches(it, n: int) -> dict:
+def _next_batches(it, n: int) -> np.ndarray:
     bs = [next(it) for _ in range(n)]
     return np.stack([b["x"] for b in bs])
 
@@ -107,7 +107,8 @@ def _last_good(manager) -> str:
     last = manager.latest_step()
     if last is None:
         return "no checkpoint was saved before it"
-    return (f"the newest checkpoint on disk, step {last} ({os.path.join(str(manager.directory), str(last))}), "
+    path = os.path.join(str(manager.directory), str(last))
+    return (f"the newest checkpoint on disk, step {last} ({path}), "
             f"holds a finite state: restart from it with a smaller config.optim.lr (add "
             f"--config.training.resume_with_changes=True to change the config)")
 
@@ -250,7 +251,7 @@ def _train(task, workdir: str, max_steps: Optional[int], progress: bool) -> dict
     if main and progress:
         bar = tqdm(total=t.n_iters, initial=step, dynamic_ncols=True, desc="train")
 
-    result = {"step": step, "status": "done", "losses": {}, "eval": {}, "sw": {}}
+    result: dict[str, Any] = {"step": step, "status": "done", "losses": {}, "eval": {}, "sw": {}}
     pending, pending_from = [], step
     stop_at = t.n_iters if max_steps is None else min(t.n_iters, step + max_steps)
     t_last, s_last = time.time(), step
