@@ -78,13 +78,17 @@ REGISTRY_OPTIONS = {
     "dpm_solver++_3s": dict(num_steps=2, denoise=True),
     "edm": dict(num_steps=4),
     "edm_heun": dict(num_steps=3, s_churn=1.0, denoise=False),
+    "unipc": dict(num_steps=5, variant="bh1", denoise=True),
+    "unipc_3": dict(num_steps=5, grid="karras"),
+    "dpm_solver++_sde": dict(num_steps=4, denoise=True),
+    "dpm_solver++_2m_sde": dict(num_steps=4, grid="trailing"),
     "adaptive": dict(eps_rel=0.5),
     "gotta_go_fast": dict(eps_rel=0.5, noise="resample", denoise=False),
 }
 ADAPTIVE = {"ode", "adaptive", "gotta_go_fast"}
 # names whose factory (with other fixed options) is fully checked under another name
 ALIASES = {"euler_maruyama", "dpm_solver++_2m", "dpm_solver++_3m", "dpm_solver++_3s", "edm",
-           "gotta_go_fast"}
+           "gotta_go_fast", "unipc_3", "dpm_solver++_2m_sde"}
 
 
 def _registry_case(name: str) -> Case:

@@ -14,6 +14,7 @@ from jaxdiff.samplers.adaptive import (
 from jaxdiff.samplers.base import Solver, bind_cond, keep_dtype, make_sampler
 from jaxdiff.samplers.ddim import ddim_integrate, ddim_sampler, ddim_step
 from jaxdiff.samplers.dpm_solver import dpm_solver_pp_integrate, dpm_solver_pp_sampler
+from jaxdiff.samplers.dpm_solver_sde import dpm_solver_pp_sde_integrate, dpm_solver_pp_sde_sampler
 from jaxdiff.samplers.edm import edm_integrate, edm_sampler, karras_sigmas
 from jaxdiff.samplers.ode import get_solver, ode_integrate, ode_sampler, solve_ode
 from jaxdiff.samplers.pc import constrain, pc_integrate, pc_loop, pc_sampler, pc_step
@@ -39,12 +40,14 @@ from jaxdiff.samplers.registry import (
     sampler_options,
 )
 from jaxdiff.samplers.schedule import (
+    GRIDS,
     data_prediction,
     inverse_lambda,
     log_alpha_sigma,
     marginal_lambda,
     time_grid,
 )
+from jaxdiff.samplers.unipc import unipc_integrate, unipc_sampler
 
 __all__ = [
     "Solver", "make_sampler", "bind_cond", "keep_dtype",
@@ -54,9 +57,10 @@ __all__ = [
     "get_predictor", "get_corrector", "euler_maruyama", "reverse_diffusion", "ancestral",
     "langevin", "ald",
     "ddim_sampler", "ddim_step", "ddim_integrate", "dpm_solver_pp_sampler",
-    "dpm_solver_pp_integrate", "edm_sampler", "edm_integrate", "karras_sigmas",
+    "dpm_solver_pp_integrate", "dpm_solver_pp_sde_sampler", "dpm_solver_pp_sde_integrate",
+    "unipc_sampler", "unipc_integrate", "edm_sampler", "edm_integrate", "karras_sigmas",
     "adaptive_sde_sampler", "adaptive_sde_integrate", "adaptive_sde_solve", "AdaptiveInfo",
     "get_sampler", "register_sampler", "available_samplers", "num_steps_for_nfe",
     "sampler_options",
-    "time_grid", "marginal_lambda", "inverse_lambda", "log_alpha_sigma", "data_prediction",
+    "GRIDS", "time_grid", "marginal_lambda", "inverse_lambda", "log_alpha_sigma", "data_prediction",
 ]

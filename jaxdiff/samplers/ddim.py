@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
-from jaxdiff.samplers.schedule import check_scalar_schedule, data_prediction, log_alpha_sigma, time_grid
+from jaxdiff.samplers.schedule import (
+    check_grid,
+    check_scalar_schedule,
+    data_prediction,
+    log_alpha_sigma,
+    time_grid,
+)
 
 Array = jax.Array
 
@@ -96,8 +102,8 @@ def ddim_nfe(num_steps: int, *, denoise: bool = False, **_) -> int:
 
 
 def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, eta: float = 0.0,
-                 grid: str = "time_uniform", eps: float = 1e-3, T: float | None = None,
-                 denoise: bool = False, dtype=jnp.float32, sharding=None):
+                 grid="time_uniform", rho: float = 7.0, eps: float = 1e-3,
+                 T: float | None = None, denoise: bool = False, dtype=jnp.float32, sharding=None):
     """DDIM sampler from the prior at ``T`` down to ``eps``.
 
     Args:
@@ -106,7 +112,9 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
       shape: ``(B, *event_shape)``.
       num_steps: number of steps (= NFE without ``denoise``).
       eta: ``0`` deterministic DDIM, ``1`` ancestral sampling; in between interpolates.
-      grid: ``'time_uniform'`` (default), ``'time_quadratic'``, ``'logsnr'`` or ``'karras'``.
+      grid: ``'time_uniform'`` (default), ``'time_quadratic'``, ``'logsnr'``, ``'karras'``,
+        ``'trailing'`` or an explicit array of ``num_steps + 1`` descending times in ``[0, T]``
+        (see :func:`~jaxdiff.samplers.schedule.time_grid`); rho: exponent of ``'karras'``.
       eps, T: end and start times.
       denoise: return the Tweedie ``x0_hat`` at ``eps`` (one more evaluation).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
@@ -117,12 +125,13 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
     check_scalar_schedule(sde)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    time_grid(sde, num_steps, grid=grid, eps=eps, T=T)  # validate eagerly
+    check_grid(grid, num_steps, T=sde.T if T is None else T, positive=False)
+    time_grid(sde, num_steps, grid=grid, eps=eps, T=T, rho=rho)  # validate eagerly
 
     def integrate(score_fn, params, key, x, ts):
         return ddim_integrate(sde, score_fn, params, x, ts, key=key, eta=eta, sharding=sharding)
 
     solver = Solver(integrate, lambda dt: time_grid(sde, num_steps, grid=grid, eps=eps, T=T,
-                                                    dtype=dt))
+                                                    rho=rho, dtype=dt))
     return make_sampler(sde, score_fn, shape, solver, denoise=denoise, dtype=dtype,
                         sharding=sharding)

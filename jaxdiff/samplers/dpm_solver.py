@@ -21,8 +21,16 @@ Solvers:
     third-order single-step solver (``r1 = 1/3, r2 = 2/3``); ``order`` evaluations per step.
 
 Time grids (``grid``): ``'logsnr'`` (uniform in ``lambda``, the paper's default for few steps),
-``'time_uniform'``, ``'time_quadratic'`` and ``'karras'`` (EDM's ``rho = 7`` schedule in
-``sigma/alpha``).
+``'time_uniform'``, ``'time_quadratic'``, ``'karras'`` (EDM's ``rho`` schedule in ``sigma/alpha``),
+``'trailing'`` (diffusers' spacing) or an explicit descending array of times (see
+:func:`~jaxdiff.samplers.schedule.time_grid`).
+
+The third-order multistep update (3M) estimates ``h^2 x0''(lambda_0)`` by ``D2 = 2 (D1_0 - D1_1) /
+(r0 + r1)`` (``third_order='jaxdiff'``, the default: the Taylor term, third order). The original
+DPM-Solver++ code (LuChengTHU/dpm-solver, ``multistep_dpm_solver_third_update``) and diffusers
+(``multistep_dpm_solver_third_order_update``) use ``D2 = (D1_0 - D1_1) / (r0 + r1)`` with the same
+``phi_3`` coefficient: ``third_order='original'`` reproduces them (second order asymptotically,
+slightly more accurate at about 10 steps on some problems; see docs/samplers.md, Findings).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import jax.numpy as jnp
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
 from jaxdiff.samplers.schedule import (  # noqa: F401 - re-exported (their home before schedule.py)
     GRIDS,
+    check_grid,
     check_scalar_schedule,
     data_prediction,
     inverse_lambda,
@@ -46,7 +55,11 @@ Array = jax.Array
 __all__ = [
     "log_alpha_sigma", "marginal_lambda", "inverse_lambda", "time_grid", "data_prediction",
     "dpm_solver_pp_integrate", "dpm_solver_pp_sampler", "dpm_solver_pp_nfe", "GRIDS",
+    "THIRD_ORDER",
 ]
+
+# the second-difference factor of the 3M update: ours (2, the Taylor term) or the original's (1)
+THIRD_ORDER = {"jaxdiff": 2.0, "original": 1.0}
 
 
 def _phis(h: Array) -> tuple[Array, Array, Array]:
@@ -63,11 +76,12 @@ def _phis(h: Array) -> tuple[Array, Array, Array]:
 
 
 # ---- DPM-Solver++ ------------------------------------------------------------------------------
-def _multistep_update(order, x, lam, alpha_t, sigma_ratio, hist_m, hist_lam):
+def _multistep_update(order, x, lam, alpha_t, sigma_ratio, hist_m, hist_lam, d2_factor=2.0):
     """One multistep DPM-Solver++ update of the given order from the newest history entry.
 
     ``hist_m[0]`` is the data prediction at the current point, ``hist_m[1]``, ``hist_m[2]`` the
-    previous ones; ``hist_lam`` their log-SNRs; ``lam`` the target log-SNR.
+    previous ones; ``hist_lam`` their log-SNRs; ``lam`` the target log-SNR; ``d2_factor`` the
+    second-difference factor of order 3 (:data:`THIRD_ORDER`).
     """
     h = lam - hist_lam[0]
     phi1, phi2, phi3 = _phis(h)
@@ -83,7 +97,7 @@ def _multistep_update(order, x, lam, alpha_t, sigma_ratio, hist_m, hist_lam):
     r1 = (hist_lam[1] - hist_lam[2]) / h
     d1_1 = (hist_m[1] - hist_m[2]) / r1
     d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)      # ~ h x0'(lam_0)
-    d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)           # ~ h^2 x0''(lam_0)
+    d2 = d2_factor * (d1_0 - d1_1) / (r0 + r1)     # ~ h^2 x0''(lam_0) for d2_factor = 2
     return x_new + alpha_t * phi2 * d1 - alpha_t * phi3 * d2
 
 
@@ -96,7 +110,8 @@ def _step_orders(num_steps: int, order: int, lower_order_final: bool) -> list[in
 
 def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order: int = 2,
                             method: str = "multistep", lower_order_final: bool = True,
-                            sharding=None, cond=None) -> tuple[Array, int]:
+                            third_order: str = "jaxdiff", sharding=None,
+                            cond=None) -> tuple[Array, int]:
     """Integrate the probability-flow ODE with DPM-Solver++ along the time grid ``ts``.
 
     Args:
@@ -110,6 +125,8 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
       method: ``'multistep'`` (one evaluation per step) or ``'singlestep'`` (``order`` per step).
       lower_order_final: multistep only: with fewer than 15 steps, lower the order of the final
         steps (the reference implementation's stabiliser for very few steps).
+      third_order: multistep order 3 only: ``'jaxdiff'`` (``D2 = 2 (D1_0 - D1_1) / (r0 + r1)``,
+        third order) or ``'original'`` (the factor 1 of the original code and diffusers).
       sharding: optional sharding constraint for the ``(B, ...)`` state.
       cond: optional condition, passed to the score as its fourth argument.
 
@@ -120,6 +137,9 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
     if method not in ("multistep", "singlestep"):
         raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
+    if third_order not in THIRD_ORDER:
+        raise ValueError(f"third_order must be one of {sorted(THIRD_ORDER)}, got {third_order!r}")
+    d2_factor = THIRD_ORDER[third_order]
     num_steps = ts.shape[0] - 1
     if num_steps < 1:
         raise ValueError(f"the time grid needs at least 2 points, got shape {ts.shape}")
@@ -178,7 +198,7 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
         hist_m = [m] + hist_m[:2]
         hist_lam = [lams[i]] + hist_lam[:2]
         x = _multistep_update(k, x, lams[i + 1], alphas[i + 1].astype(dt),
-                              (sigmas[i + 1] / sigmas[i]).astype(dt), hist_m, hist_lam)
+                              (sigmas[i + 1] / sigmas[i]).astype(dt), hist_m, hist_lam, d2_factor)
         return constrain(x, sharding), hist_m, hist_lam
 
     i = 0
@@ -198,7 +218,8 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
             hl = [lams[idx]] + list(ls_)
             x = _multistep_update(order, x, lams[idx + 1], alphas[idx + 1].astype(dt),
                                   (sigmas[idx + 1] / sigmas[idx]).astype(dt),
-                                  hm + [None] * (3 - len(hm)), hl + [None] * (3 - len(hl)))
+                                  hm + [None] * (3 - len(hm)), hl + [None] * (3 - len(hl)),
+                                  d2_factor)
             return (constrain(x, sharding), tuple(hm[:depth]), tuple(hl[:depth])), None
 
         carry = (x, tuple(hist_m[:depth]), tuple(hist_lam[:depth]))
@@ -221,10 +242,10 @@ def dpm_solver_pp_nfe(num_steps: int, *, order: int = 2, method: str = "multiste
 
 
 def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
-                          order: int = 2, method: str = "multistep", grid: str = "logsnr",
-                          eps: float = 1e-3, T: float | None = None,
-                          lower_order_final: bool = True, denoise: bool = False,
-                          dtype=jnp.float32, sharding=None):
+                          order: int = 2, method: str = "multistep", grid="logsnr",
+                          rho: float = 7.0, eps: float = 1e-3, T: float | None = None,
+                          lower_order_final: bool = True, third_order: str = "jaxdiff",
+                          denoise: bool = False, dtype=jnp.float32, sharding=None):
     """DPM-Solver++ sampler: prior noise at ``T``, probability-flow ODE down to ``eps``.
 
     Args:
@@ -233,9 +254,10 @@ def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: i
       shape: ``(B, *event_shape)``.
       num_steps: number of steps (NFE = ``num_steps`` for multistep, ``order * num_steps`` for
         single-step).
-      order, method, lower_order_final: see :func:`dpm_solver_pp_integrate`; ``order=2,
-        method='multistep'`` is DPM-Solver++(2M), ``order=2, method='singlestep'`` is (2S).
-      grid: time grid, one of :data:`GRIDS` (see :func:`time_grid`).
+      order, method, lower_order_final, third_order: see :func:`dpm_solver_pp_integrate`;
+        ``order=2, method='multistep'`` is DPM-Solver++(2M), ``order=2, method='singlestep'`` is (2S).
+      grid: time grid, one of :data:`GRIDS` or an explicit array of ``num_steps + 1`` descending
+        times in ``(0, T]`` (see :func:`time_grid`); rho: exponent of the ``'karras'`` grid.
       eps, T: end and start times.
       denoise: return the Tweedie data prediction ``x0_hat`` at ``eps`` (one more evaluation).
       dtype: dtype of the samples; sharding: optional sharding of the ``(B, ...)`` state.
@@ -249,13 +271,17 @@ def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: i
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
     if method not in ("multistep", "singlestep"):
         raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
-    time_grid(sde, num_steps, grid=grid, eps=eps, T=T)  # validate arguments eagerly
+    if third_order not in THIRD_ORDER:
+        raise ValueError(f"third_order must be one of {sorted(THIRD_ORDER)}, got {third_order!r}")
+    check_grid(grid, num_steps, T=sde.T if T is None else T)
+    time_grid(sde, num_steps, grid=grid, eps=eps, T=T, rho=rho)  # validate arguments eagerly
 
     def integrate(score_fn, params, key, x, ts):  # deterministic: the key is unused
         return dpm_solver_pp_integrate(sde, score_fn, params, x, ts, order=order, method=method,
-                                       lower_order_final=lower_order_final, sharding=sharding)
+                                       lower_order_final=lower_order_final,
+                                       third_order=third_order, sharding=sharding)
 
     solver = Solver(integrate, lambda dt: time_grid(sde, num_steps, grid=grid, eps=eps, T=T,
-                                                    dtype=dt))
+                                                    rho=rho, dtype=dt))
     return make_sampler(sde, score_fn, shape, solver, denoise=denoise, dtype=dtype,
                         sharding=sharding)

@@ -18,11 +18,13 @@ import numpy as np
 
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
 from jaxdiff.samplers.schedule import (
+    check_grid,
     check_scalar_schedule,
     data_prediction,
     inverse_lambda,
     log_alpha_sigma,
     marginal_lambda,
+    time_grid,
 )
 
 Array = jax.Array
@@ -129,7 +131,7 @@ def edm_nfe(num_steps: int, *, denoise: bool = True, **_) -> int:
 def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, rho: float = 7.0,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                 s_noise: float = 1.0, eps: float = 1e-3, T: float | None = None,
-                denoise: bool = True, dtype=jnp.float32, sharding=None):
+                grid="karras", denoise: bool = True, dtype=jnp.float32, sharding=None):
     """EDM Heun sampler for a VP, sub-VP or VE SDE.
 
     The noise levels run from ``sigma~(T)`` to ``sigma~(eps)`` (``sigma~ = sigma / alpha``) on the
@@ -145,6 +147,12 @@ def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, r
       rho: schedule exponent (7 in EDM).
       s_churn, s_tmin, s_tmax, s_noise: stochastic churn (``s_churn = 0``: deterministic Alg. 1).
       eps, T: times of the smallest and largest noise level.
+      grid: where the noise levels sit: ``'karras'`` (default, EDM's ``rho`` schedule in
+        ``sigma~``), any other name of :data:`~jaxdiff.samplers.schedule.GRIDS` (the levels
+        ``sigma~(t)`` at the times of :func:`~jaxdiff.samplers.schedule.time_grid`; ``'karras'``
+        there is the same schedule), or an explicit array of strictly descending times in ``(0,
+        T]``: ``num_steps`` of them with ``denoise=True`` (the zero level is appended),
+        ``num_steps + 1`` without.
       denoise: end at ``sigma = 0`` as EDM does: the last Euler step returns the Tweedie data
         prediction ``x0_hat`` at ``eps`` (the library-wide meaning of ``denoise``).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
@@ -158,13 +166,19 @@ def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, r
         raise ValueError(f"need 0 < eps < T, got eps={eps}, T={T}")
     if int(num_steps) < (2 if denoise else 1):
         raise ValueError(f"num_steps must be >= {2 if denoise else 1}, got {num_steps}")
-    sig_max = jnp.exp(-marginal_lambda(sde, jnp.asarray(T, dtype)))
-    sig_min = jnp.exp(-marginal_lambda(sde, jnp.asarray(eps, dtype)))
-    if denoise:
-        sigmas = jnp.concatenate([karras_sigmas(num_steps, sig_min, sig_max, rho, dtype),
-                                  jnp.zeros((1,), dtype)])
+    n_levels = int(num_steps) if denoise else int(num_steps) + 1
+    check_grid(grid, n_levels - 1, T=T)
+    if isinstance(grid, str) and grid == "karras":
+        sig_max = jnp.exp(-marginal_lambda(sde, jnp.asarray(T, dtype)))
+        sig_min = jnp.exp(-marginal_lambda(sde, jnp.asarray(eps, dtype)))
+        levels = karras_sigmas(n_levels, sig_min, sig_max, rho, dtype)
     else:
-        sigmas = karras_sigmas(num_steps + 1, sig_min, sig_max, rho, dtype)
+        ts = time_grid(sde, n_levels - 1, grid=grid, eps=eps, T=T, rho=rho, dtype=dtype)
+        levels = jnp.exp(-marginal_lambda(sde, ts)).astype(dtype)
+    if denoise:
+        sigmas = jnp.concatenate([levels, jnp.zeros((1,), dtype)])
+    else:
+        sigmas = levels
 
     def integrate(score_fn, params, key, x, sigmas):
         return edm_integrate(sde, score_fn, params, x, sigmas, key=key, s_churn=s_churn,

@@ -18,8 +18,16 @@ Names (``available_samplers()`` lists them; aliases fix some options):
 ``dpm_solver++``      :func:`~jaxdiff.samplers.dpm_solver.dpm_solver_pp_sampler` (``order``, ``method``)
 ``dpm_solver++_2m``   ``order=2, method='multistep'``; ``_3m``, ``_2s``, ``_3s`` likewise
 ``edm``               :func:`~jaxdiff.samplers.edm.edm_sampler` (Heun; alias ``edm_heun``)
+``unipc``             :func:`~jaxdiff.samplers.unipc.unipc_sampler` (``order``, ``variant``);
+                      ``unipc_3``: ``order=3``
+``dpm_solver++_sde``  :func:`~jaxdiff.samplers.dpm_solver_sde.dpm_solver_pp_sde_sampler`
+                      (``order`` 1, 2); ``dpm_solver++_2m_sde``: ``order=2``
 ``adaptive``          :func:`~jaxdiff.samplers.adaptive.adaptive_sde_sampler` (alias ``gotta_go_fast``)
 ====================  ==========================================================================
+
+Every fixed-step sampler but ``pc`` takes ``grid=`` (a name of
+:data:`~jaxdiff.samplers.schedule.GRIDS` or an explicit descending array of times, see
+:func:`~jaxdiff.samplers.schedule.time_grid`).
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ from typing import Any
 from jaxdiff.samplers.adaptive import adaptive_sde_sampler
 from jaxdiff.samplers.ddim import ddim_nfe, ddim_sampler
 from jaxdiff.samplers.dpm_solver import dpm_solver_pp_nfe, dpm_solver_pp_sampler
+from jaxdiff.samplers.dpm_solver_sde import dpm_solver_pp_sde_nfe, dpm_solver_pp_sde_sampler
 from jaxdiff.samplers.edm import edm_nfe, edm_sampler
 from jaxdiff.samplers.ode import ode_sampler
 from jaxdiff.samplers.pc import pc_nfe, pc_sampler
+from jaxdiff.samplers.unipc import unipc_nfe, unipc_sampler
 
 __all__ = ["get_sampler", "register_sampler", "available_samplers", "num_steps_for_nfe",
            "sampler_options", "SamplerSpec"]
@@ -172,6 +182,11 @@ for _order in (2, 3):
                      order=_order, method="singlestep")
 register_sampler("edm", edm_sampler, nfe=edm_nfe)
 register_sampler("edm_heun", edm_sampler, nfe=edm_nfe)
+register_sampler("unipc", unipc_sampler, nfe=unipc_nfe)
+register_sampler("unipc_3", unipc_sampler, nfe=unipc_nfe, order=3)
+register_sampler("dpm_solver++_sde", dpm_solver_pp_sde_sampler, nfe=dpm_solver_pp_sde_nfe)
+register_sampler("dpm_solver++_2m_sde", dpm_solver_pp_sde_sampler, nfe=dpm_solver_pp_sde_nfe,
+                 order=2)
 register_sampler("adaptive", adaptive_sde_sampler)
 register_sampler("gotta_go_fast", adaptive_sde_sampler)
 del _order

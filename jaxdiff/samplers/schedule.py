@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff import sde as sde_lib
 
 Array = jax.Array
 
 __all__ = ["GRIDS", "check_scalar_schedule", "log_alpha_sigma", "marginal_lambda",
-           "inverse_lambda", "time_grid", "data_prediction"]
+           "inverse_lambda", "time_grid", "check_grid", "data_prediction"]
 
-GRIDS = ("logsnr", "time_uniform", "time_quadratic", "karras")
+# the named time grids of the fixed-step samplers; ``grid=`` also takes an explicit descending array
+GRIDS = ("logsnr", "time_uniform", "time_quadratic", "karras", "trailing")
 
 
 # ---- the noise schedule in log-SNR form ------------------------------------------------------
@@ -105,7 +107,29 @@ def inverse_lambda(sde, lam: Array, *, num_bisections: int = 60) -> Array:
     return 0.5 * (lo + hi)
 
 
-def time_grid(sde, num_steps: int, *, grid: str = "logsnr", eps: float = 1e-3,
+def check_grid(grid, num_steps: int, *, eps: float | None = None, T: float = 1.0,
+               positive: bool = True) -> None:
+    """Validate a ``grid`` option eagerly: a name of :data:`GRIDS`, or an explicit array of
+    ``num_steps + 1`` strictly descending times in ``[0, T]`` (``(0, T]`` when ``positive``: the
+    log-SNR solvers need a finite ``lambda`` at the last time). ``eps`` is unused for arrays."""
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"unknown time grid {grid!r}; choose one of {GRIDS} or pass an "
+                             "explicit descending array of times")
+        return
+    ts = np.asarray(grid, dtype=np.float64)
+    if ts.ndim != 1 or ts.shape[0] != int(num_steps) + 1:
+        raise ValueError(f"an explicit time grid needs {int(num_steps) + 1} times here (num_steps "
+                         f"+ 1 for the multistep samplers), got shape {ts.shape}")
+    if not np.all(np.diff(ts) < 0):
+        raise ValueError(f"an explicit time grid must be strictly descending, got {ts}")
+    lo_ok = ts[-1] > 0 if positive else ts[-1] >= 0
+    if not (lo_ok and ts[0] <= T + 1e-12):
+        raise ValueError(f"explicit grid times must lie in {'(0' if positive else '[0'}, T={T}], "
+                         f"got {ts[0]} .. {ts[-1]}")
+
+
+def time_grid(sde, num_steps: int, *, grid="logsnr", eps: float = 1e-3,
               T: float | None = None, rho: float = 7.0, dtype=jnp.float32) -> Array:
     """Descending times ``t_0 = T > t_1 > ... > t_num_steps = eps`` of a fast sampler.
 
@@ -113,21 +137,41 @@ def time_grid(sde, num_steps: int, *, grid: str = "logsnr", eps: float = 1e-3,
       sde: the forward SDE.
       num_steps: number of intervals (``>= 1``).
       grid: ``'logsnr'`` (uniform in ``lambda``), ``'time_uniform'``, ``'time_quadratic'`` (uniform
-        in ``sqrt(t)``, DDIM's quadratic grid) or ``'karras'`` (uniform in ``(sigma/alpha)^(1/rho)``).
+        in ``sqrt(t)``, DDIM's quadratic grid), ``'karras'`` (uniform in ``(sigma/alpha)^(1/rho)``,
+        EDM's schedule), ``'trailing'`` (diffusers' ``timestep_spacing='trailing'`` in continuous
+        time: ``t_k = T (1 - k / num_steps)`` for ``k < num_steps``, then ``eps``), or an explicit
+        array of ``num_steps + 1`` strictly descending times (returned as given, cast to ``dtype``;
+        ``eps`` and ``T`` are then ignored).
       eps: last time; T: first time (default ``sde.T``).
       rho: exponent of the ``'karras'`` grid.
 
     Returns:
       array of shape ``(num_steps + 1,)``.
+
+    ``'trailing'``: diffusers' schedulers (1000 training steps ``n = 0 .. 999``, ``alpha_bar_n =
+    prod_{i <= n} (1 - beta_i)``) take the inference steps ``round(arange(1000, 0, -1000 / N)) - 1``
+    and end at ``alpha_bar = 1`` (``set_alpha_to_one`` / ``final_sigmas_type='zero'``). Discrete
+    step ``n`` is continuous time ``t = (n + 1) / 1000`` of the VP SDE, so the steps are ``t = T,
+    T (1 - 1/N), ..., T / N`` and the end ``t = 0``; here without the rounding to integer steps
+    and ending at ``eps`` (the last interval is ``T / N - eps``). It differs from
+    ``'time_uniform'`` (``linspace(T, eps, N + 1)``) only by ``O(eps)`` in the inner times.
     """
     if int(num_steps) < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     T = sde.T if T is None else T
+    if not isinstance(grid, str):
+        check_grid(grid, num_steps, T=T, positive=False)
+        return jnp.asarray(np.asarray(grid, np.float64), dtype)
     if not 0.0 <= eps < T:
         raise ValueError(f"need 0 <= eps < T, got eps={eps}, T={T}")
     u = jnp.linspace(0.0, 1.0, int(num_steps) + 1, dtype=dtype)
     if grid == "time_uniform":
         ts = T + u * (eps - T)
+    elif grid == "trailing":
+        ts = (T - u * T).at[-1].set(eps)
+        if int(num_steps) > 1 and not T / int(num_steps) > eps:
+            raise ValueError(f"grid 'trailing' needs T / num_steps > eps, got T={T}, "
+                             f"num_steps={num_steps}, eps={eps}")
     elif grid == "time_quadratic":
         ts = (jnp.sqrt(T) + u * (jnp.sqrt(eps) - jnp.sqrt(T))) ** 2
     elif grid in ("logsnr", "karras"):
@@ -143,7 +187,8 @@ def time_grid(sde, num_steps: int, *, grid: str = "logsnr", eps: float = 1e-3,
         ts = inverse_lambda(sde, lam)
         ts = ts.at[0].set(T).at[-1].set(eps)  # exact end points
     else:
-        raise ValueError(f"unknown time grid {grid!r}; choose one of {GRIDS}")
+        raise ValueError(f"unknown time grid {grid!r}; choose one of {GRIDS} or pass an explicit "
+                         "descending array of times")
     return ts.astype(dtype)
 
 
