@@ -111,9 +111,22 @@ def bits_per_dim(sde, score_fn, *, centered: bool, num_bits: int = 8, repeats: i
 
     Returns ``fn(params, key, images) -> (bpd (B,), nfe)``, jitted.
     """
+    loglik = log_likelihood(sde, score_fn, **likelihood_kwargs)
+
+    def logp_nfe(params, key, x):
+        logp, _, nfe = loglik(params, key, x)
+        return logp, nfe
+
+    return _dequantized_bpd(logp_nfe, centered=centered, num_bits=num_bits, repeats=repeats)
+
+
+def _dequantized_bpd(logp_fn, *, centered: bool, num_bits: int, repeats: int):
+    """``fn(params, key, images) -> (bpd (B,), aux)``, jitted: ``repeats`` uniform
+    dequantisations of the integer ``images``, each scaled to the model's range and scored by
+    ``logp_fn(params, key, x) -> (log p(x) (B,), aux)``; bits/dim averaged over the repeats, the
+    scalar ``aux`` (e.g. the NFE) summed."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    loglik = log_likelihood(sde, score_fn, **likelihood_kwargs)
 
     @jax.jit
     def fn(params, key, images):
@@ -124,11 +137,11 @@ def bits_per_dim(sde, score_fn, *, centered: bool, num_bits: int = 8, repeats: i
             x = dequantize(kq, images, num_bits=num_bits)
             if centered:
                 x = 2.0 * x - 1.0
-            logp, _, nfe = loglik(params, kl, x)
-            return bpd_from_logp(logp, d, centered=centered, num_bits=num_bits), nfe
+            logp, aux = logp_fn(params, kl, x)
+            return bpd_from_logp(logp, d, centered=centered, num_bits=num_bits), aux
 
-        bpd, nfe = jax.lax.map(one, jax.random.split(key, repeats))
-        return bpd.mean(0), nfe.sum()
+        bpd, aux = jax.lax.map(one, jax.random.split(key, repeats))
+        return bpd.mean(0), aux.sum()
 
     return fn
 
@@ -239,22 +252,11 @@ def bound_bits_per_dim(sde, score_fn, *, centered: bool, num_bits: int = 8, repe
     Returns ``fn(params, key, images) -> bpd (B,)``, jitted; ``bound_kwargs`` go to
     :func:`variational_bound`. See :func:`bits_per_dim` for the data conventions.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
     bound = variational_bound(sde, score_fn, **bound_kwargs)
 
-    @jax.jit
-    def fn(params, key, images):
-        d = math.prod(images.shape[1:])
+    def neg_bound(params, key, x):
+        nll, _ = bound(params, key, x)
+        return -nll, jnp.zeros((), jnp.int32)
 
-        def one(k):
-            kq, kb = jax.random.split(k)
-            x = dequantize(kq, images, num_bits=num_bits)
-            if centered:
-                x = 2.0 * x - 1.0
-            nll, _ = bound(params, kb, x)
-            return bpd_from_logp(-nll, d, centered=centered, num_bits=num_bits)
-
-        return jax.lax.map(one, jax.random.split(key, repeats)).mean(0)
-
-    return fn
+    fn = _dequantized_bpd(neg_bound, centered=centered, num_bits=num_bits, repeats=repeats)
+    return jax.jit(lambda params, key, images: fn(params, key, images)[0])

@@ -41,7 +41,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from jaxdiff import conditional, multiscale, parallel
 from jaxdiff.data import eval_dataset, resolve_data_dir
@@ -50,7 +49,7 @@ from jaxdiff.tasks.base import Task, register_task
 from jaxdiff.train.config import ConfigError
 from jaxdiff.train.evaluate import load_params
 from jaxdiff.train.experiment import check_workdir
-from jaxdiff.train.sampling import save_image_grid, to_uint8
+from jaxdiff.train.sampling import save_image_grid, to_uint8, write_grid
 from jaxdiff.train.step import get_score_fns as plain_score_fns
 
 __all__ = ["MSDiffSetup", "setup", "network_config", "get_score_fns", "get_loss_fn",
@@ -292,13 +291,7 @@ def save_triplet_grid(path: str, cond, x, truth, *, centered: bool, pad: int = 1
         y0, x0 = pad + r * (h + pad), pad + col * cell_w
         for j in range(3):
             grid[y0:y0 + h, x0 + j * (w + pad): x0 + j * (w + pad) + w] = trip[j][i]
-    if scale == 0:
-        scale = max(1, int(math.ceil(256 / grid.shape[0])))
-    if scale > 1:
-        grid = grid.repeat(scale, 0).repeat(scale, 1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
-    return grid
+    return write_grid(path, grid, scale)
 
 
 def heldout_images(config, data_dir: str, n: int) -> np.ndarray:
@@ -426,6 +419,11 @@ class _MSDiffTask(Task):
     def make_score_fns(self) -> tuple:
         """:func:`get_score_fns` of the setup."""
         return get_score_fns(self.config, self.model, self.sde, self.msdiff)
+
+    def check_sampling_config(self) -> None:
+        """The estimator's / multi-scale PC sampler reads ``config.sampling``; :func:`setup`
+        has already refused what it cannot do (a method other than ``'pc'``, the probability
+        flow)."""
 
     def make_loss(self, score_fn, *, train: bool):
         """:func:`get_loss_fn` (conditional or multi-scale loss over image batches)."""

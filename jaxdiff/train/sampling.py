@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from jaxdiff.samplers.registry import available_samplers, get_sampler, sampler_options
 
@@ -103,7 +104,6 @@ def save_image_grid(path: str, images: np.ndarray, *, centered: bool, pad: int =
     ``scale`` enlarges pixels (nearest) so that small images are visible; 0 picks a scale giving
     at least 256 pixels per side.
     """
-    from PIL import Image
     imgs = to_uint8(images, centered)
     n, h, w, c = imgs.shape
     cols = int(math.ceil(math.sqrt(n)))
@@ -113,12 +113,18 @@ def save_image_grid(path: str, images: np.ndarray, *, centered: bool, pad: int =
         r, col = divmod(i, cols)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h,
              pad + col * (w + pad): pad + col * (w + pad) + w] = imgs[i]
+    return write_grid(path, grid, scale)
+
+
+def write_grid(path: str, grid: np.ndarray, scale: int = 0) -> np.ndarray:
+    """Write a uint8 ``(H, W, C)`` grid as a PNG, pixels repeated ``scale`` times (0: enough
+    for at least 256 pixels per side); returns the scaled grid."""
     if scale == 0:
         scale = max(1, int(math.ceil(256 / grid.shape[0])))
     if scale > 1:
         grid = grid.repeat(scale, 0).repeat(scale, 1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     return grid
 
 
@@ -126,7 +132,6 @@ def save_scatter(path: str, points: np.ndarray, *, reference: np.ndarray | None 
                  size: int = 256, extent: float = 3.0) -> None:
     """Write 2-D points (first two coordinates) as a PNG scatter plot (black; ``reference`` in
     grey beneath), without matplotlib."""
-    from PIL import Image
     img = np.full((size, size), 255, np.uint8)
 
     def draw(p, value):
