@@ -18,8 +18,8 @@ batch size the devices do not divide, ``config.parallel.num_devices`` above the 
 frequency that is not a multiple of ``n_jitted_steps``, an eval batch larger than the split, a
 workdir holding a run with another config (``--config.training.resume_with_changes=True``
 accepts it) or in use by another training process. A run that fails later (a NaN / Inf loss or
-state, a full disk, no readable checkpoint) exits with status 1 and one line. On several hosts run the same command on
-every host (see launch/tpu_pod.sh, launch/gpu.sh); ``jax.distributed`` is initialised
+state, a full disk, no readable checkpoint) exits with status 1 and one line. On several hosts
+run the same command on every host (see launch/tpu_pod.sh, launch/gpu.sh); ``jax.distributed`` is initialised
 automatically on a Cloud TPU pod / SLURM / Open MPI, or with
 ``--config.parallel.distributed=yes --config.parallel.coordinator_address=HOST:PORT
 --config.parallel.num_processes=N --config.parallel.process_id=I``.
@@ -43,7 +43,6 @@ from jaxdiff.train.checkpoint import CheckpointMismatch, DiskFull, NoGoodCheckpo
 from jaxdiff.train.config import check_eval_split
 from jaxdiff.train.evaluate import evaluate, sample
 from jaxdiff.train.experiment import WorkdirLocked
-from jaxdiff.train.sampling import check_sampling_config
 
 # bad inputs: exit status 2; failures of a run that started: exit status 1 (both one line)
 BAD_INPUT = (ConfigError, CheckpointMismatch, DatasetNotFound, PermissionError,
@@ -74,8 +73,6 @@ def run(config, workdir: str, mode: str, *, num_samples: int = 0, max_steps: int
         raise ConfigError(f"--mode must be train, eval or sample, got {mode!r}")
     try:  # every ValueError of building the task is a bad input (mesh, model, sampler ...)
         task = get_task(config)
-        if "msdiff" not in config:  # the sampler of snapshots / --mode=sample takes its options
-            check_sampling_config(config)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if mode == "eval":

@@ -8,15 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff import parallel
+from jaxdiff.data import train_dataset
+from jaxdiff.models import configs as model_configs
 from jaxdiff.tasks import get_task, train
 from jaxdiff.train import NonFiniteLoss, ema_update, get_default_config, lr_schedule
 from jaxdiff.train import checkpoint as ckpt
 from jaxdiff.train import loop as loop_lib
 from jaxdiff.train.experiment import check_workdir
 from jaxdiff.train.step import jit_train_step, make_train_step
-from jaxdiff import parallel
-from jaxdiff.data import train_dataset
-from jaxdiff.models import configs as model_configs
 
 
 def tiny_toy_config(**training):

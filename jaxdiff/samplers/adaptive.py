@@ -140,7 +140,7 @@ def adaptive_sde_solve(sde, score_fn, params, x: Array, t0: float, t1: float, *,
     else:
         raise ValueError(f"noise must be 'brownian_tree' or 'resample', got {noise!r}")
 
-    def cond(state):
+    def not_done(state):
         i, _, t, *_ = state
         return (i < max_iterations) & jnp.any(t > eps_t)
 
@@ -174,7 +174,7 @@ def adaptive_sde_solve(sde, score_fn, params, x: Array, t0: float, t1: float, *,
     zeros = jnp.zeros((batch,), jnp.int32)
     state = (jnp.asarray(0, jnp.int32), x, jnp.full((batch,), T, dt), jnp.full((batch,), h_init, dt),
              x, zeros, zeros, jnp.zeros((batch,), dt))
-    i, x, t, _, _, acc, rej, emax = jax.lax.while_loop(cond, body, state)
+    i, x, t, _, _, acc, rej, emax = jax.lax.while_loop(not_done, body, state)
     return x, AdaptiveInfo(i, acc, rej, emax, t)
 
 

@@ -33,6 +33,7 @@ from jaxdiff.eval import evaluators as evaluators_lib
 from jaxdiff.models import get_model
 from jaxdiff.train.config import ConfigError, validate_config
 from jaxdiff.train.experiment import build_state
+from jaxdiff.train.sampling import check_sampling_config
 from jaxdiff.train.state import get_optimizer
 from jaxdiff.train.step import get_sde
 
@@ -81,7 +82,9 @@ def get_task(config, mesh=None) -> Task:
         key = "config.msdiff.mode" if name.startswith("msdiff_") and \
             config.get("task", "score_sde") == "score_sde" else "config.task"
         raise ConfigError(f"{key}: no task {name!r}; registered tasks: {available_tasks()}")
-    return TASKS[name](config, mesh)
+    task = TASKS[name](config, mesh)
+    task.check_sampling_config()
+    return task
 
 
 class Task:
@@ -154,6 +157,12 @@ class Task:
         return {"skipped": self.skipped()} if self.skip else {}
 
     # -- sampling ----------------------------------------------------------------------------
+    def check_sampling_config(self) -> None:
+        """Refuse ``config.sampling`` options the task's sampler does not take (a ``ValueError``
+        naming the key; default: :func:`jaxdiff.train.sampling.check_sampling_config` of the
+        registry sampler ``config.sampling.method``)."""
+        check_sampling_config(self.config)
+
     def draw_samples(self, params, key, n: int) -> np.ndarray:
         """``n`` samples (numpy) for the sample-based metrics."""
         raise NotImplementedError(f"task {self.name!r} draws no unconditional samples")

@@ -33,7 +33,8 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import grain
@@ -152,7 +153,7 @@ def data_state_sha256(data_iter) -> str:
     return hashlib.sha256(json.dumps(data_iter.get_state(), sort_keys=True).encode()).hexdigest()
 
 
-def _meta(step: int, config=None, extra: Optional[dict] = None) -> dict:
+def _meta(step: int, config=None, extra: dict | None = None) -> dict:
     m = {"step": int(step), "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
          "unix_time": time.time(), "device_count": jax.device_count(),
          "process_count": jax.process_count(), "jax": jax.__version__,
@@ -164,11 +165,12 @@ def _meta(step: int, config=None, extra: Optional[dict] = None) -> dict:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None, *, config=None,
-         extra: Optional[dict] = None) -> bool:
+         extra: dict | None = None) -> bool:
     """Save ``state`` (and the data iterator's position) at ``step`` (asynchronously when the
     manager is async), with the integrity record in ``meta``. Returns whether a save was
     started."""
-    record: dict[str, Any] = {"leaves": [r + [c] for r, c in zip(_leaf_record(state), state_checksums(state))]}
+    leaves = zip(_leaf_record(state), state_checksums(state))
+    record: dict[str, Any] = {"leaves": [r + [c] for r, c in leaves]}
     if data_iter is not None:
         record["data_sha256"] = {str(jax.process_index()): data_state_sha256(data_iter)}
     items = {"state": ocp.args.StandardSave(state),
@@ -178,7 +180,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter=None, 
     return manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
+def latest_step(manager: ocp.CheckpointManager) -> int | None:
     """The newest complete checkpoint step, or None."""
     return manager.latest_step()
 
@@ -286,9 +288,9 @@ def _agree(ok: bool) -> bool:
 
 
 def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, abstract_state: Any,
-                        data_iter=None, *, move_aside: bool = True, step: Optional[int] = None,
-                        on_meta: Optional[Callable[[dict, int], None]] = None,
-                        report: Optional[Callable[[str], None]] = None):
+                        data_iter=None, *, move_aside: bool = True, step: int | None = None,
+                        on_meta: Callable[[dict, int], None] | None = None,
+                        report: Callable[[str], None] | None = None):
     """Restore the newest checkpoint that reads back and passes its checksums.
 
     Every checkpoint that cannot be read (any Orbax / grain / JSON error: a missing or truncated
@@ -379,7 +381,7 @@ def restore_newest_good(manager: ocp.CheckpointManager, workdir: str, abstract_s
     return None, None, None
 
 
-def restore_latest(workdir: str, abstract_state: Any, *, step: Optional[int] = None):
+def restore_latest(workdir: str, abstract_state: Any, *, step: int | None = None):
     """Load the newest good (or the given) checkpoint of a run for evaluation or sampling.
 
     Damaged checkpoints are reported in one line each and skipped (nothing is moved).
@@ -416,7 +418,7 @@ def restore_latest(workdir: str, abstract_state: Any, *, step: Optional[int] = N
 def is_disk_full(e: BaseException) -> bool:
     """Whether ``e`` (or what caused it) is ENOSPC, as an errno or in a wrapped message."""
     seen = set()
-    cur: Optional[BaseException] = e
+    cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -434,7 +436,7 @@ def _mount_point(path: str) -> str:
     return path
 
 
-def disk_full_error(workdir: str, what: str, last_good: Optional[int]) -> DiskFull:
+def disk_full_error(workdir: str, what: str, last_good: int | None) -> DiskFull:
     """The :class:`DiskFull` naming the disk of ``workdir``, its free space and what is intact."""
     try:
         st = os.statvfs(workdir)

@@ -15,7 +15,8 @@ import ast
 import importlib.util
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 

@@ -99,8 +99,9 @@ def build_state(config, model, shape: tuple, optimizer, mesh):
     opt_shard = jax.tree.map(lambda _: rep, abstract.opt_state)
     if t.fsdp:  # optimizer moments mirror the params' sharding
         opt_shard = _mirror_param_shardings(abstract.opt_state, abstract.params, pshard, rep)
-    shardings = TrainState(step=rep, params=pshard, ema_params=pshard, opt_state=opt_shard,
-                           rng=rep)
+    # the TrainState pytree holding each leaf's sharding (not arrays: hence the type ignores)
+    shardings = TrainState(step=rep, params=pshard, ema_params=pshard,  # type: ignore[arg-type]
+                           opt_state=opt_shard, rng=rep)  # type: ignore[arg-type]
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return (jax.jit(init, out_shardings=shardings, compiler_options=init_compiler_options()),

@@ -39,19 +39,18 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
-
 from tqdm import tqdm
 
 from jaxdiff import parallel
 from jaxdiff.data import resolve_data_dir, train_dataset
 from jaxdiff.eval.evaluators import run_evaluators
 from jaxdiff.train import checkpoint as ckpt
-from jaxdiff.train.evaluate import eval_context
 from jaxdiff.train.config import ConfigError, check_eval_split, config_changes
+from jaxdiff.train.evaluate import eval_context
 from jaxdiff.train.experiment import check_workdir, workdir_lock
 from jaxdiff.train.step import jit_train_step, make_train_step
 
@@ -175,7 +174,7 @@ def _config_guard(config, workdir: str):
     return check
 
 
-def train(task, workdir: str, *, max_steps: Optional[int] = None,
+def train(task, workdir: str, *, max_steps: int | None = None,
           progress: bool = True) -> dict:
     """Train (or resume) the run of ``task`` in ``workdir``.
 
@@ -213,7 +212,7 @@ def train(task, workdir: str, *, max_steps: Optional[int] = None,
         return _train(task, workdir, max_steps, progress)
 
 
-def _train(task, workdir: str, max_steps: Optional[int], progress: bool) -> dict:
+def _train(task, workdir: str, max_steps: int | None, progress: bool) -> dict:
     config = task.config
     main = parallel.is_main_process()
     t = config.training
@@ -346,7 +345,7 @@ class _Writer:
         self.tb = SummaryWriter(os.path.join(workdir, "tb"))
         self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
-    def scalars(self, step: int, values: dict, per_step_loss: Optional[dict] = None) -> None:
+    def scalars(self, step: int, values: dict, per_step_loss: dict | None = None) -> None:
         for k, v in values.items():
             self.tb.add_scalar(k, float(v), step)
         for s, l in (per_step_loss or {}).items():

@@ -9,7 +9,7 @@ replicated or FSDP-sharded) and donates the old state.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
