@@ -56,6 +56,8 @@ def ddim_step(x: Array, x0_hat: Array, key: Array | None, log_alpha_sigma_s, log
         return jnp.exp(la_t).astype(dt) * x0_hat + sigma_t.astype(dt) * eps_hat
     h = (la_t - ls_t) - (la_s - ls_s)
     c = eta * sigma_t * jnp.sqrt(-jnp.expm1(-2.0 * h))
+    if key is None:
+        raise ValueError(f"ddim_step with eta={eta} needs a PRNG key")
     noise = jax.random.normal(key, x.shape, dt)
     return (jnp.exp(la_t).astype(dt) * x0_hat
             + jnp.sqrt(jnp.maximum(sigma_t**2 - c**2, 0.0)).astype(dt) * eps_hat
