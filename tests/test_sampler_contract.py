@@ -112,6 +112,11 @@ CASES: list[Case] = [_registry_case(n) for n in sorted(REGISTRY_OPTIONS)]
 IDS = [c.name for c in CASES]
 FULL = [c for c in CASES if c.full]
 FULL_IDS = [c.name for c in FULL]
+# CI's budget: the vmap / sharding / float64 tier runs for one sampler of each integrate kind
+# (PC loop, diffrax ODE, exponential integrator); ``pytest -m slow`` runs it for all of FULL.
+FAST_FULL = {"pc", "ode", "dpm_solver++"}
+FULL_TIER = [pytest.param(c, id=c.name, marks=() if c.name in FAST_FULL else pytest.mark.slow)
+             for c in FULL]
 
 
 def _score(case: Case, counter: list | None = None, x64: bool = False):
@@ -184,7 +189,7 @@ def test_jit_shape_dtype_nfe_and_cond(case):
         assert float(jnp.max(jnp.abs(x_half - x))) > 1e-2
 
 
-@pytest.mark.parametrize("case", FULL, ids=FULL_IDS)
+@pytest.mark.parametrize("case", FULL_TIER)
 def test_vmap_over_keys_and_sharded_batch(case, mesh8):
     score = _score(case)
     sample = case.build(score, case.shape)
@@ -204,7 +209,7 @@ def test_vmap_over_keys_and_sharded_batch(case, mesh8):
         assert float(jnp.max(jnp.abs(xs[0] - xs[1]))) > 1e-3
 
 
-@pytest.mark.parametrize("case", FULL, ids=FULL_IDS)
+@pytest.mark.parametrize("case", FULL_TIER)
 def test_float64_score_with_float32_samples(case, x64):
     sample = case.build(_score(case, x64=True), case.shape, dtype=jnp.float32)
     x, nfe = _call(case, sample, jax.random.key(0))

@@ -132,6 +132,11 @@ CASES = [
 ]
 
 IDS = [c.name for c in CASES]
+# CI's budget: vmap / sharding / float64 run for one sampler of each kind (inverse PC, conditional,
+# multi-scale, warm start); ``pytest -m slow`` runs them for every case.
+FAST = {"inverse_pc", "conditional_cmde", "multiscale", "warm_start_pc"}
+TIER = [pytest.param(c, id=c.name, marks=() if c.name in FAST else pytest.mark.slow)
+        for c in CASES]
 
 
 def _counting(score_fn: Callable, counter: list) -> Callable:
@@ -176,7 +181,7 @@ def test_jit_shape_dtype_and_nfe_is_the_number_of_score_calls(case):
     assert int(nfej) == int(nfe)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", TIER)
 def test_vmap_over_keys_equals_a_loop(case):
     sample = _build(case)
     keys = jax.random.split(jax.random.key(1), 2)
@@ -190,7 +195,7 @@ def test_vmap_over_keys_equals_a_loop(case):
     assert not np.allclose(xs[0], xs[1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", TIER)
 def test_sharded_batch_equals_unsharded(case, mesh8):
     if not case.shardable:
         pytest.skip(f"{case.name}: the batch is one particle system (resampling mixes it)")
@@ -201,7 +206,7 @@ def test_sharded_batch_equals_unsharded(case, mesh8):
     assert int(nfe_s) == int(nfe)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", TIER)
 def test_float64_score_drives_float32_samples(case, x64):
     score = case.score()
 

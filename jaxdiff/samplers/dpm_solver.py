@@ -44,6 +44,7 @@ from jaxdiff.samplers.schedule import (  # noqa: F401 - re-exported (their home 
     check_grid,
     check_scalar_schedule,
     data_prediction,
+    grid_coefficients,
     inverse_lambda,
     log_alpha_sigma,
     marginal_lambda,
@@ -140,13 +141,8 @@ def dpm_solver_pp_integrate(sde, score_fn, params, x: Array, ts: Array, *, order
     if third_order not in THIRD_ORDER:
         raise ValueError(f"third_order must be one of {sorted(THIRD_ORDER)}, got {third_order!r}")
     d2_factor = THIRD_ORDER[third_order]
-    num_steps = ts.shape[0] - 1
-    if num_steps < 1:
-        raise ValueError(f"the time grid needs at least 2 points, got shape {ts.shape}")
+    num_steps, lams, alphas, sigmas = grid_coefficients(sde, ts)
     x0_fn = data_prediction(sde, bind_cond(score_fn, cond))
-    la, ls = log_alpha_sigma(sde, ts)
-    lams = la - ls
-    alphas, sigmas = jnp.exp(la), jnp.exp(ls)
     dt = x.dtype
 
     if method == "singlestep":

@@ -28,7 +28,7 @@ from jaxdiff.samplers.schedule import (
     check_grid,
     check_scalar_schedule,
     data_prediction,
-    log_alpha_sigma,
+    grid_coefficients,
     time_grid,
 )
 
@@ -63,13 +63,8 @@ def dpm_solver_pp_sde_integrate(sde, score_fn, params, x: Array, ts: Array, *, k
     """
     if order not in (1, 2):
         raise ValueError(f"SDE-DPM-Solver++ order must be 1 or 2, got {order}")
-    num_steps = ts.shape[0] - 1
-    if num_steps < 1:
-        raise ValueError(f"the time grid needs at least 2 points, got shape {ts.shape}")
+    num_steps, lams, alphas, sigmas = grid_coefficients(sde, ts)
     x0_fn = data_prediction(sde, bind_cond(score_fn, cond))
-    la, ls = log_alpha_sigma(sde, ts)
-    lams = la - ls
-    alphas, sigmas = jnp.exp(la), jnp.exp(ls)
     dt = x.dtype
 
     def body(carry, xs):

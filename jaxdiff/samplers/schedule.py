@@ -17,7 +17,7 @@ from jaxdiff import sde as sde_lib
 Array = jax.Array
 
 __all__ = ["GRIDS", "check_scalar_schedule", "log_alpha_sigma", "marginal_lambda",
-           "inverse_lambda", "time_grid", "check_grid", "data_prediction"]
+           "inverse_lambda", "time_grid", "check_grid", "data_prediction", "grid_coefficients"]
 
 # the named time grids of the fixed-step samplers; ``grid=`` also takes an explicit descending array
 GRIDS = ("logsnr", "time_uniform", "time_quadratic", "karras", "trailing")
@@ -203,3 +203,14 @@ def data_prediction(sde, score_fn):
                 * jnp.exp(-la).astype(x.dtype))
 
     return x0_fn
+
+
+def grid_coefficients(sde, ts: Array) -> tuple[int, Array, Array, Array]:
+    """``(num_steps, lambdas, alphas, sigmas)`` of a descending time grid ``ts`` (static length
+    ``num_steps + 1 >= 2``): what every exponential-integrator solver (DPM-Solver++, its SDE
+    variant, UniPC) steps with."""
+    num_steps = ts.shape[0] - 1
+    if num_steps < 1:
+        raise ValueError(f"the time grid needs at least 2 points, got shape {ts.shape}")
+    la, ls = log_alpha_sigma(sde, ts)
+    return num_steps, la - ls, jnp.exp(la), jnp.exp(ls)

@@ -48,7 +48,7 @@ from jaxdiff.samplers.schedule import (
     check_grid,
     check_scalar_schedule,
     data_prediction,
-    log_alpha_sigma,
+    grid_coefficients,
     time_grid,
 )
 
@@ -147,13 +147,8 @@ def unipc_integrate(sde, score_fn, params, x: Array, ts: Array, *, order: int = 
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     if variant not in VARIANTS:
         raise ValueError(f"UniPC variant must be one of {VARIANTS}, got {variant!r}")
-    num_steps = ts.shape[0] - 1
-    if num_steps < 1:
-        raise ValueError(f"the time grid needs at least 2 points, got shape {ts.shape}")
+    num_steps, lams, alphas, sigmas = grid_coefficients(sde, ts)
     x0_fn = data_prediction(sde, bind_cond(score_fn, cond))
-    la, ls = log_alpha_sigma(sde, ts)
-    lams = la - ls
-    alphas, sigmas = jnp.exp(la), jnp.exp(ls)
     dt = x.dtype
     depth = order  # history m_{i-1} .. m_{i-order} carried into step i
     p_orders = unipc_orders(num_steps, order, lower_order_final)
