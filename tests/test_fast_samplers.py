@@ -426,6 +426,7 @@ def test_sde_dpm_solver_2m_weak_convergence_on_gaussian():
     assert var_err(20, order=1) > 0.25
 
 
+@pytest.mark.slow  # CI budget: 2M SDE is checked in CI by its weak-convergence and contract tests
 def test_sde_dpm_solver_2m_sliced_wasserstein_on_the_mixture(mixture_case):
     """2M SDE at 20 NFE is within 3 standard deviations of the sampling noise floor (sliced
     Wasserstein of independent exact sample sets to the reference, 5 draws) on the 2-D mixture;
