@@ -19,6 +19,19 @@ resolution, which is where the speed-up comes from.
 
 Because the orthonormal transform keeps isotropic noise isotropic, an orthonormal Haar domain
 changes nothing in the model of the data; only the non-uniform speeds do.
+
+Reference settings (GBATZOLIS/MSDiff, ``lightning_modules/MultiScaleSdeGenerativeModel.py``,
+``sde_lib.SNR_VP_SDE``, ``losses.get_general_sde_loss_fn(multiscale=True)``,
+``sampling/unconditional.py``), the defaults of :func:`config_section`:
+
+- end times ``T_k = k / (L + 1)`` (:func:`reference_end_times`; the approximation ends at 1);
+- a VP SDE with a log-SNR linear in time, 10 at ``t = 0`` to -10 at ``T``
+  (:class:`LogSNRVPSDE`), each band at its own speed, so band ``k`` has log-SNR
+  ``10 - 20 t / T_k`` and reaches -10 exactly at its ``T_k``;
+- the likelihood weighting ``g_band(t)^2`` per coefficient in the loss
+  (:func:`multiscale_loss` ``likelihood_weighting=True``);
+- between scales the sampler hands on the noise-free mean of the last update of the coarser
+  stage (``handoff='mean'``: the reference's per-scale ``x_mean if denoise``), not its noisy state.
 """
 
 from __future__ import annotations
@@ -34,13 +47,17 @@ from jaxdiff.losses import dsm_per_example, perturb
 from jaxdiff.multispeed import MultiSpeedSDE
 from jaxdiff.samplers.base import keep_dtype
 from jaxdiff.samplers.pc import constrain, pc_loop, pc_step
-from jaxdiff.sde import SDE
+from jaxdiff.sde import SDE, batch_broadcast
 
 Array = jax.Array
 
 __all__ = ["haar_forward", "haar_inverse", "haar_step", "haar_step_inverse", "HaarMultiScale",
-           "multiscale_sampler", "multiscale_loss", "stage_time_range", "ideal_speedup",
-           "config_section", "from_config"]
+           "LogSNRVPSDE", "reference_end_times", "multiscale_sampler", "multiscale_loss",
+           "stage_time_range", "ideal_speedup", "config_section", "base_sde", "from_config",
+           "HANDOFFS", "SCHEDULES"]
+
+HANDOFFS = ("mean", "noisy")
+SCHEDULES = ("log_snr", "base")
 
 
 # ---- Haar wavelets -------------------------------------------------------------------------
@@ -104,6 +121,48 @@ def haar_inverse(c: Array, levels: int) -> Array:
         c = c.at[:, :h, :w].set(haar_step_inverse(c[:, :h, :w]))
         h, w = 2 * h, 2 * w
     return c
+
+
+# ---- the reference's per-scale SDE ---------------------------------------------------------
+class LogSNRVPSDE(SDE):
+    """VP SDE whose log-SNR ``lambda(t) = log(alpha^2 / sigma^2)`` is linear in time, from
+    ``log_snr_max`` at ``t = 0`` to ``log_snr_min`` at ``t = 1`` (MSDiff's ``SNR_VP_SDE`` with
+    ``gamma(t) = 2 t``): ``alpha^2 = sigmoid(lambda)``, ``sigma^2 = sigmoid(-lambda)``,
+    ``beta(t) = -lambda'(t) sigma(t)^2``, ``dx = -beta x / 2 dt + sqrt(beta) dw``.
+
+    Run at speed ``1 / T_k`` inside :class:`HaarMultiScale` it is the reference's per-band SDE
+    with end time ``T_k`` (log-SNR ``log_snr_max`` -> ``log_snr_min`` over ``[0, T_k]``; the
+    reference pins ``log_snr_max`` at ``t = eps = 1e-3`` instead of 0, a log-SNR shift of at most
+    ``20 eps / T_k``).
+    """
+
+    log_snr_max: float = 10.0
+    log_snr_min: float = -10.0
+    N: int = struct.field(pytree_node=False, default=1000)
+
+    def log_snr(self, t: Array) -> Array:
+        return self.log_snr_max + (self.log_snr_min - self.log_snr_max) * jnp.asarray(t)
+
+    def beta(self, t: Array) -> Array:
+        """``-lambda'(t) sigma(t)^2`` (``g(t)^2``)."""
+        return (self.log_snr_max - self.log_snr_min) * jax.nn.sigmoid(-self.log_snr(t))
+
+    def sde(self, x, t):
+        beta = batch_broadcast(self.beta(t), x)
+        return -0.5 * beta * x, jnp.sqrt(self.beta(t))
+
+    def marginal_prob(self, x, t):
+        lam = batch_broadcast(self.log_snr(t), x)
+        return jnp.sqrt(jax.nn.sigmoid(lam)) * x, jnp.sqrt(jax.nn.sigmoid(-self.log_snr(t)))
+
+
+def reference_end_times(levels: int) -> tuple:
+    """The reference's end times ``T_k = k / (L + 1)``, ``k = 1..L`` (MSDiff's
+    ``T_scale = scale_index / num_scales`` with ``num_scales = L + 1``: ``d1 .. dL`` end at
+    ``k / (L + 1)``, the approximation ``aL`` at 1)."""
+    if int(levels) < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    return tuple((k + 1) / (int(levels) + 1) for k in range(int(levels)))
 
 
 # ---- the multi-scale SDE -------------------------------------------------------------------
@@ -207,19 +266,24 @@ def stage_time_range(ms: HaarMultiScale, stage: int, eps: float = 1e-5) -> tuple
 
 
 def multiscale_loss(ms: HaarMultiScale, stage: int, score_fn, *, reduce_mean: bool = True,
-                    eps: float = 1e-5, rng_kwarg: str | None = None):
+                    likelihood_weighting: bool = False, eps: float = 1e-5,
+                    rng_kwarg: str | None = None):
     """Denoising score matching of the stage-``s`` network of a multi-scale model.
 
     Images ``(B, H, W, C)`` are Haar-transformed; the top-left ``ms.block_shape(s)`` coefficients
     are diffused by ``ms.sde(s)`` (per-band speeds) to ``t ~ U(T_s, T_{s+1})``
     (:func:`stage_time_range`), and the loss is ``reduce(|score * sigma + z|^2)`` with the
-    per-coefficient ``sigma`` (:func:`jaxdiff.losses.dsm_per_example`).
+    per-coefficient ``sigma`` (:func:`jaxdiff.losses.dsm_per_example`), or, with
+    ``likelihood_weighting`` (the reference's choice), ``reduce(|score + z / sigma|^2 g^2)`` with
+    each coefficient's own squared diffusion ``g_band(t)^2 = g(tau)^2 / T_l`` of the multi-speed SDE
+    (MSDiff ``get_general_sde_loss_fn(multiscale=True, likelihood_weighting=True)``).
 
     Args:
       ms: the multi-scale diffusion.
       stage: ``0..L`` (0 is full resolution).
       score_fn: ``score_fn(params, c, t)`` on coefficients of ``ms.block_shape(stage)``.
       reduce_mean: mean (else sum) over dimensions.
+      likelihood_weighting: weight every coefficient by its own ``g(t)^2`` (see above).
       eps: the smallest time of stage 0.
       rng_kwarg: if given, ``score_fn`` also gets ``**{rng_kwarg: key}`` (dropout).
 
@@ -240,7 +304,12 @@ def multiscale_loss(ms: HaarMultiScale, stage: int, score_fn, *, reduce_mean: bo
         c_t, std = perturb(sde, c, t, z)
         kwargs = {} if rng_kwarg is None else {rng_kwarg: k_net}
         score = score_fn(params, c_t, t, **kwargs)
-        losses = dsm_per_example(score, z, std, reduce_mean=reduce_mean)
+        if likelihood_weighting:
+            g2 = sde.sde(jnp.zeros_like(c), t)[1] ** 2             # per coefficient
+            flat = (jnp.square(score + z / std) * g2).reshape(c.shape[0], -1)
+            losses = jnp.mean(flat, -1) if reduce_mean else jnp.sum(flat, -1)
+        else:
+            losses = dsm_per_example(score, z, std, reduce_mean=reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t}
 
     return loss_fn
@@ -256,15 +325,17 @@ def ideal_speedup(ms: HaarMultiScale, num_steps: int, eps: float = 1e-3) -> floa
 def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
                        predictor="euler_maruyama", corrector=None, snr: float = 0.16,
                        n_corrector_steps: int = 1, num_steps: int = 1000,
-                       noise_removal: bool = True, eps: float = 1e-3, dtype=jnp.float32,
-                       sharding=None, return_coeffs: bool = False):
+                       noise_removal: bool = True, handoff: str = "mean", eps: float = 1e-3,
+                       dtype=jnp.float32, sharding=None, return_coeffs: bool = False):
     """Coarse-to-fine predictor-corrector sampler of a :class:`HaarMultiScale` diffusion.
 
     Stage ``s`` (``L`` down to 0) runs the reverse SDE of ``ms.sde(s)`` on the top-left
     ``(H/2^s, W/2^s, C)`` coefficient block in the library's one predictor-corrector loop
     (:func:`jaxdiff.samplers.pc_loop`, one per stage) for the steps of the grid
     ``linspace(T, eps, num_steps)`` with ``T_s < t <= T_{s+1}``; between stages the block doubles,
-    the new level-``s`` details being fresh prior noise (where they sit in a full-resolution run).
+    the new level-``s`` details being fresh prior noise (where they sit in a full-resolution run),
+    the coarser coefficients being the noise-free mean of the last update (``handoff='mean'``, the
+    reference's) or its noisy state (``handoff='noisy'``).
 
     Args:
       ms: the multi-scale diffusion.
@@ -277,6 +348,9 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
       num_steps: steps of the time grid (the same grid a uniform sampler would use).
       noise_removal: return the noise-free mean of the last update (score_sde's noise removal, no
         extra evaluation) instead of the noisy state.
+      handoff: what a coarser stage hands to the next one: ``'mean'`` (the noise-free mean of its
+        last update, MSDiff's ``x_mean if denoise`` at the end of every scale) or ``'noisy'`` (the
+        state itself, the exact continuation of one full-resolution reverse SDE).
       eps: last time (below ``T_1``).
       sharding: optional sharding of the ``(B, ...)`` state (applies at every resolution).
       return_coeffs: return Haar coefficients instead of images.
@@ -292,6 +366,8 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
     score_fns = list(score_fns)
     if len(score_fns) != L + 1:
         raise ValueError(f"need {L + 1} score functions (one per stage 0..{L}), got {len(score_fns)}")
+    if handoff not in HANDOFFS:
+        raise ValueError(f"handoff must be one of {HANDOFFS}, got {handoff!r}")
     sched = ms.schedule(num_steps, eps)
     stage_sdes = {s: ms.sde(s).with_steps(num_steps) for s, _, _ in sched}
     steps = {s: pc_step(stage_sdes[s], keep_dtype(score_fns[s]), predictor=predictor,
@@ -317,8 +393,9 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
                 noise = sde_s.prior_sampling(jax.random.fold_in(k_details, s),
                                              (batch_size,) + ms.block_shape(s), dtype)
                 h, w = c.shape[1:3]
-                c = constrain(noise.at[:, :h, :w].set(c), sharding)
-                c_mean = constrain(noise.at[:, :h, :w].set(c_mean), sharding)
+                coarse = c_mean if handoff == "mean" else c
+                c = constrain(noise.at[:, :h, :w].set(coarse), sharding)
+                c_mean = c
             if stop == start:
                 continue
             c, c_mean = pc_loop(steps[s], params, k_loop, c, timesteps[start:stop],
@@ -329,20 +406,68 @@ def multiscale_sampler(ms: HaarMultiScale, score_fns, batch_size: int, *,
     return sample
 
 
-def config_section(*, end_times: Sequence[float], stage: int = 0):
-    """The ``config.msdiff`` section of a multi-scale experiment (``configs/msdiff_multiscale.py``):
-    ``mode='multiscale'``, ``end_times`` (``T_1 < ... < T_L``), ``stage`` (the scale whose network
-    a training run fits; one run per stage ``0..L``, as in the paper's independent per-scale
-    networks)."""
+def config_section(*, end_times: Sequence[float] | None = None, levels: int | None = None,
+                   stage: int = 0, schedule: str = "log_snr", log_snr_max: float = 10.0,
+                   log_snr_min: float = -10.0, handoff: str = "mean"):
+    """The ``config.msdiff`` section of a multi-scale experiment (``configs/msdiff_multiscale.py``).
+
+    Keys (defaults = the reference, GBATZOLIS/MSDiff):
+      mode: ``'multiscale'``.
+      end_times: ``T_1 < ... < T_L``; default ``k / (L + 1)`` (:func:`reference_end_times`, give
+        ``levels``); ours were hand-picked (e.g. ``(0.3, 0.6)``).
+      stage: the scale whose network a training run fits (one run per stage ``0..L``, as in the
+        paper's independent per-scale networks).
+      schedule: ``'log_snr'`` (the reference: :class:`LogSNRVPSDE` from ``log_snr_max`` to
+        ``log_snr_min`` replaces ``config.training.sde`` as the base every band runs at its speed)
+        or ``'base'`` (ours: ``config.training.sde`` itself, e.g. the linear-beta VP SDE).
+      log_snr_max, log_snr_min: the log-SNR end points (10, -10).
+      handoff: ``'mean'`` (reference) or ``'noisy'`` (ours), see :func:`multiscale_sampler`.
+
+    The likelihood weighting is ``config.training.likelihood_weighting`` (True in the reference).
+    """
     import ml_collections
+    if end_times is None:
+        if levels is None:
+            raise ValueError("config_section: give end_times or levels (reference T_k = k/(L+1))")
+        end_times = reference_end_times(levels)
     end_times = tuple(float(t) for t in end_times)
+    if levels is not None and int(levels) != len(end_times):
+        raise ValueError(f"config.msdiff.end_times={end_times} has {len(end_times)} levels, "
+                         f"not levels={levels}")
     if not 0 <= int(stage) <= len(end_times):
         raise ValueError(f"config.msdiff.stage must be in [0, {len(end_times)}], got {stage}")
-    return ml_collections.ConfigDict(dict(mode="multiscale", end_times=end_times, stage=int(stage)))
+    if schedule not in SCHEDULES:
+        raise ValueError(f"config.msdiff.schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if handoff not in HANDOFFS:
+        raise ValueError(f"config.msdiff.handoff must be one of {HANDOFFS}, got {handoff!r}")
+    if not float(log_snr_max) > float(log_snr_min):
+        raise ValueError(f"config.msdiff.log_snr_max={log_snr_max} must exceed "
+                         f"log_snr_min={log_snr_min}")
+    return ml_collections.ConfigDict(dict(
+        mode="multiscale", end_times=end_times, stage=int(stage), schedule=schedule,
+        log_snr_max=float(log_snr_max), log_snr_min=float(log_snr_min), handoff=handoff))
+
+
+def base_sde(sec, sde: SDE) -> SDE:
+    """The SDE every band runs at its speed: :class:`LogSNRVPSDE` for ``schedule='log_snr'``
+    (with ``sde.N`` steps; ``sde`` is returned if it already is one), else ``sde``. A section
+    without a ``schedule`` key (older configs) keeps ``sde``."""
+    schedule = sec.get("schedule", "base")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"config.msdiff.schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "base" or isinstance(sde, LogSNRVPSDE):
+        return sde
+    return LogSNRVPSDE(float(sec.get("log_snr_max", 10.0)), float(sec.get("log_snr_min", -10.0)),
+                       N=int(getattr(sde, "N", 1000)))
 
 
 def from_config(sec, base: SDE, image_size: int, channels: int) -> HaarMultiScale:
-    """The :class:`HaarMultiScale` of a ``config.msdiff`` section (``mode='multiscale'``)."""
+    """The :class:`HaarMultiScale` of a ``config.msdiff`` section (``mode='multiscale'``), on
+    :func:`base_sde` of ``base``."""
     if sec.mode != "multiscale":
         raise ValueError(f"config.msdiff.mode must be 'multiscale', got {sec.mode!r}")
-    return HaarMultiScale.create(base, (image_size, image_size, channels), tuple(sec.end_times))
+    handoff = sec.get("handoff", "noisy")
+    if handoff not in HANDOFFS:
+        raise ValueError(f"config.msdiff.handoff must be one of {HANDOFFS}, got {handoff!r}")
+    return HaarMultiScale.create(base_sde(sec, base), (image_size, image_size, channels),
+                                 tuple(sec.end_times))

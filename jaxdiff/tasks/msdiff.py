@@ -115,8 +115,8 @@ def setup(config, sde) -> MSDiffSetup | None:
 
     Raises:
       ConfigError naming the key when the config asks for something these models cannot do: toy
-      data, discrete-time training (``training.continuous=False``), likelihood weighting in a
-      multi-scale run, a sampler other than ``sampling.method='pc'`` or
+      data, discrete-time training (``training.continuous=False``), a sampler other than
+      ``sampling.method='pc'`` or
       ``sampling.probability_flow=True``.
     """
     sec = _section(config)
@@ -140,9 +140,6 @@ def setup(config, sde) -> MSDiffSetup | None:
     net_shape = (int(net.data.image_size), int(net.data.image_size), int(net.data.num_channels))
     if sec.mode == "conditional":
         return MSDiffSetup("conditional", sec, image_shape, net_shape, net)
-    if config.training.likelihood_weighting:
-        raise _error("config.training.likelihood_weighting=True: the multi-scale loss has no "
-                     "likelihood weighting; set it to False")
     ms = multiscale.from_config(sec, sde, size, ch)
     stage = int(sec.stage)
     if tuple(ms.block_shape(stage)) != net_shape:
@@ -198,8 +195,9 @@ def _loss_fn(config, ms_setup: MSDiffSetup, sde, score_fn, *, train: bool) -> Ca
         return loss_fn
     assert ms_setup.ms is not None and ms_setup.stage is not None
     return multiscale.multiscale_loss(ms_setup.ms, ms_setup.stage, score_fn,
-                                      reduce_mean=t.reduce_mean, eps=t.loss_eps,
-                                      rng_kwarg=rng_kwarg)
+                                      reduce_mean=t.reduce_mean,
+                                      likelihood_weighting=t.likelihood_weighting,
+                                      eps=t.loss_eps, rng_kwarg=rng_kwarg)
 
 
 # ---- conditional sampling -------------------------------------------------------------------
@@ -386,7 +384,7 @@ def multiscale_sample(config, workdir: str, stage_workdirs: Sequence[str] | None
     n = int(num_samples or config.sampling.num_samples)
     smp = config.sampling
     sampler = multiscale.multiscale_sampler(
-        ms, fns, n, num_steps=smp.num_steps or ms.base.N,
+        ms, fns, n, num_steps=smp.num_steps or ms.base.N, handoff=sec.get("handoff", "noisy"),
         **_pc_options(multiscale.multiscale_sampler, smp))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + sum(steps))
     x, nfe = sampler(tuple(params), key)
@@ -543,6 +541,11 @@ class MultiScaleTask(_MSDiffTask):
     def __init__(self, config, mesh=None):
         super().__init__(config, mesh)
         self._logged = False
+
+    def make_sde(self):
+        """The base SDE of the bands: :func:`jaxdiff.multiscale.base_sde` (the reference's
+        log-SNR VP SDE for ``config.msdiff.schedule='log_snr'``, else ``config.training.sde``)."""
+        return multiscale.base_sde(_section(self.config), super().make_sde())
 
     def snapshot(self, params, step: int, *, workdir: str, data_dir: str) -> dict:
         """Skipped (logged once)."""
