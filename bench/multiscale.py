@@ -8,6 +8,10 @@ Prints one line per resolution with the measured and the pixel-proportional ("id
 next to the paper's 4.4x at 128x128 (Batzolis et al. 2022, measured on a GPU with per-scale
 NCSN++ networks).
 
+``--setting reference`` (default) uses the reference's partition ``T_k = k / (L + 1)``, the
+log-SNR VP SDE and the reverse-diffusion predictor; ``--setting ours`` the earlier hand-picked end
+times, the linear-beta VP SDE and Euler-Maruyama.
+
 Usage::
 
     python bench/multiscale.py --sizes 32 64 128 --steps 100 --batch 4 --repeats 3
@@ -31,12 +35,21 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
 from jaxdiff import models, scores  # noqa: E402
-from jaxdiff.multiscale import HaarMultiScale, ideal_speedup, multiscale_sampler  # noqa: E402
+from jaxdiff.multiscale import (  # noqa: E402
+    HaarMultiScale,
+    LogSNRVPSDE,
+    ideal_speedup,
+    multiscale_sampler,
+    reference_end_times,
+)
 from jaxdiff.samplers import pc_sampler  # noqa: E402
 from jaxdiff.sde import VPSDE  # noqa: E402
 
-# end times (T_1, ..., T_L) of the detail levels, as in configs/msdiff_multiscale.py:size=32|64|128
-END_TIMES = {32: (0.3, 0.6), 64: (0.2, 0.45, 0.7), 128: (0.15, 0.35, 0.6)}
+# Haar levels per size, and the end times (T_1, ..., T_L) of configs/msdiff_multiscale.py:
+# setting=reference (T_k = k / (L + 1), the default) and setting=ours (hand-picked)
+LEVELS = {32: 2, 64: 3, 128: 3}
+END_TIMES = {"reference": {s: reference_end_times(L) for s, L in LEVELS.items()},
+             "ours": {32: (0.3, 0.6), 64: (0.2, 0.45, 0.7), 128: (0.15, 0.35, 0.6)}}
 PAPER_SPEEDUP_128 = 4.4
 
 
@@ -53,25 +66,31 @@ def _time(fn, params, repeats):
     return best, compile_s
 
 
-def run(size: int, steps: int, batch: int, repeats: int, channels: int, nf: int) -> dict:
+def run(size: int, steps: int, batch: int, repeats: int, channels: int, nf: int,
+        setting: str = "reference") -> dict:
     cfg = ml_collections.ConfigDict({
         "model": dict(models.configs.small_unet().to_dict(), nf=nf),
         "data": {"image_size": size, "num_channels": channels, "centered": True},
     })
     model = models.get_model(cfg)
-    sde = VPSDE()
+    reference = setting == "reference"
+    sde = LogSNRVPSDE() if reference else VPSDE()
+    predictor = "reverse_diffusion" if reference else "euler_maruyama"
+    end_times = END_TIMES[setting][size]
     params = models.init_params(jax.random.PRNGKey(1), model, (1, size, size, channels))
     shape = (batch, size, size, channels)
     # eps-parameterisation, labels t*999; the multi-scale stages divide by their per-band sigma
     uniform = pc_sampler(sde, scores.get_score_fn(sde, model), shape, num_steps=steps,
-                         predictor="euler_maruyama")
-    ms = HaarMultiScale.create(sde, (size, size, channels), END_TIMES[size])
+                         predictor=predictor)
+    ms = HaarMultiScale.create(sde, (size, size, channels), end_times)
     stage_scores = [scores.get_score_fn(ms.sde(s), model) for s in range(ms.levels + 1)]
-    multi = multiscale_sampler(ms, stage_scores, batch, num_steps=steps, predictor="euler_maruyama")
+    multi = multiscale_sampler(ms, stage_scores, batch, num_steps=steps, predictor=predictor,
+                               handoff="mean" if reference else "noisy")
     t_uni, c_uni = _time(uniform, params, repeats)
     t_ms, c_ms = _time(multi, params, repeats)
     return {
-        "size": size, "steps": steps, "batch": batch, "end_times": END_TIMES[size],
+        "size": size, "steps": steps, "batch": batch, "setting": setting,
+        "end_times": end_times, "predictor": predictor,
         "uniform_s_per_sample": t_uni / batch, "multiscale_s_per_sample": t_ms / batch,
         "speedup": t_uni / t_ms, "ideal_speedup": ideal_speedup(ms, steps),
         "schedule": ms.schedule(steps), "compile_s": {"uniform": c_uni, "multiscale": c_ms},
@@ -127,6 +146,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--nf", type=int, default=32)
+    ap.add_argument("--setting", choices=sorted(END_TIMES), default="reference",
+                    help="partition / SDE / predictor of configs/msdiff_multiscale.py")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--cdiffe-bias", choices=["vp", "ve"], default=None,
                     help="print the CDiffE/CMDE bias table for this SDE instead")
@@ -136,12 +157,13 @@ def main():
         return
     results = []
     for size in args.sizes:
-        if size not in END_TIMES:
-            raise SystemExit(f"--sizes: no multi-scale setting for {size}; choose from {sorted(END_TIMES)}")
-        r = run(size, args.steps, args.batch, args.repeats, args.channels, args.nf)
+        if size not in LEVELS:
+            raise SystemExit(f"--sizes: no multi-scale setting for {size}; choose from {sorted(LEVELS)}")
+        r = run(size, args.steps, args.batch, args.repeats, args.channels, args.nf, args.setting)
         results.append(r)
         paper = f"  (paper: {PAPER_SPEEDUP_128}x)" if size == 128 else ""
-        print(f"{size}x{size}: uniform {r['uniform_s_per_sample'] * 1e3:8.1f} ms/sample, "
+        print(f"{size}x{size} ({args.setting}, T = {tuple(round(t, 3) for t in r['end_times'])}): "
+              f"uniform {r['uniform_s_per_sample'] * 1e3:8.1f} ms/sample, "
               f"multi-scale {r['multiscale_s_per_sample'] * 1e3:8.1f} ms/sample, "
               f"speed-up {r['speedup']:.2f}x (pixel-proportional {r['ideal_speedup']:.2f}x){paper}",
               flush=True)

@@ -134,32 +134,236 @@ def test_multiscale_ve_and_errors():
         multiscale_sampler(ms, lambda p, c, t: c, 4, eps=0.5)
 
 
-def test_multiscale_loss_matches_closed_form(x64):
-    """Stage-1 DSM loss with the exact score equals its closed form ``1 - tr(diag(s) C_t^-1
-    diag(s)) / D`` per example (C_t the perturbed covariance of the coefficient block), and its
-    times lie in the stage's range."""
-    from jaxdiff.multiscale import multiscale_loss, stage_time_range
+def _lam(t, T_band):
+    """The reference's per-band log-SNR, written out: linear from 10 at t = 0 to -10 at T_band."""
+    return 10.0 - 20.0 * np.asarray(t) / T_band
+
+
+def _sig(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _band_end_times(ms, stage):
+    """Per-coefficient end time T_band of the stage block (1 for the approximation)."""
+    return ms.base.T / np.asarray(ms.speed_map(stage))[..., 0].ravel()
+
+
+def _check_mc(per_example, expected, rel_power):
+    """Mean of ``per_example - expected`` is 0 within 4 standard errors, and the test has power:
+    4 SE is below ``rel_power`` of the expected value."""
+    d = np.asarray(per_example) - np.asarray(expected)
+    se = d.std() / np.sqrt(d.size)
+    ref = float(np.mean(expected))
+    assert 4 * se < rel_power * abs(ref), (se, ref)
+    assert abs(d.mean()) < 4 * se, (d.mean(), se, ref)
+    return ref
+
+
+@pytest.mark.parametrize("weighting", ["likelihood", "sigma2"])
+def test_multiscale_loss_matches_closed_form(x64, weighting):
+    """Stage-1 DSM loss with the exact score equals its closed form per example, on the
+    reference's log-SNR schedule and end times (tolerance 4 standard errors, which are < 1%):
+    ``mean_j (1 - sigma_j^2 (C_t^-1)_jj)`` unweighted, ``mean_j 20 / T_j (1 - sigma_j^2
+    (C_t^-1)_jj)`` with the likelihood weighting (``g_j^2 / sigma_j^2 = 20 / T_j`` for the
+    log-SNR VP: a ``g`` instead of ``g^2`` or one shared ``g`` would differ); C_t the perturbed
+    covariance of the coefficient block, alpha / sigma from the written-out log-SNR."""
+    from jaxdiff.multiscale import LogSNRVPSDE, multiscale_loss, reference_end_times, stage_time_range
     mu, S, W, coeffs = _gaussian_problem()
-    ms = HaarMultiScale.create(VPSDE(), (H, H, 1), (0.3, 0.6))
+    ms = HaarMultiScale.create(LogSNRVPSDE(), (H, H, 1), reference_end_times(2))
     stage, h = 1, H // 2
     block = coeffs.marginal(np.arange(D).reshape(H, H)[:h, :h].ravel(), event_shape=(h, h, 1))
     sde = ms.sde(stage)
-    images = (np.asarray(coeffs.sample(jax.random.PRNGKey(0), 600)).reshape(-1, D) @ W)
-    loss, aux = multiscale_loss(ms, stage, block.score_fn(sde))(
+    n = 8000
+    images = (np.asarray(coeffs.sample(jax.random.PRNGKey(0), n)).reshape(-1, D) @ W)
+    lw = weighting == "likelihood"
+    loss, aux = multiscale_loss(ms, stage, block.score_fn(sde), likelihood_weighting=lw)(
         None, jax.random.PRNGKey(1), jnp.asarray(images).reshape(-1, H, H, 1))
     lo, hi = stage_time_range(ms, stage)
-    assert (lo, hi) == (0.3, 0.6) and float(aux["t"].min()) >= lo and float(aux["t"].max()) <= hi
+    assert (lo, hi) == (1 / 3, 2 / 3) and float(aux["t"].min()) >= lo and float(aux["t"].max()) <= hi
     cov = np.asarray(block.covs[0])
+    T_j = _band_end_times(ms, stage)
+    assert sorted(set(np.round(T_j, 12))) == [round(2 / 3, 12), 1.0]   # level-2 details, approx.
 
-    alphas, sigmas = (np.asarray(v).reshape(-1, h * h) for v in sde.marginal_coeffs(aux["t"]))
+    def expected(t):
+        lam = _lam(t, T_j)
+        a, s2 = np.sqrt(_sig(lam)), _sig(-lam)
+        c = a[:, None] * cov * a[None] + np.diag(s2)
+        per = 1.0 - s2 * np.diag(np.linalg.inv(c))
+        return np.mean(per * (20.0 / T_j if lw else 1.0))
 
-    def expected(a, s):
-        c = a[:, None] * cov * a[None] + np.diag(s**2)
-        return 1.0 - np.trace(np.diag(s) @ np.linalg.solve(c, np.diag(s))) / c.shape[0]
+    exp = np.array([expected(t) for t in np.asarray(aux["t"])])
+    np.testing.assert_allclose(float(loss), float(np.mean(aux["losses"])), rtol=1e-12)
+    ref = _check_mc(aux["losses"], exp, 0.04)      # 4 SE ~ 3% of the loss
+    # far from 0 and from the zero score (LW: mean_j 20 / T_j = 27.5; unweighted: 1)
+    assert (1 < ref < 15) if lw else (0.05 < ref < 0.5)
 
-    ref = np.mean([expected(a, s) for a, s in zip(alphas, sigmas)])
-    np.testing.assert_allclose(float(loss), ref, rtol=0.05)
-    assert 0.05 < ref < 0.5         # far from 1 (zero score) and from 0
+
+def test_log_snr_sde_and_reference_end_times(x64):
+    """T_k = k / (L + 1); every band's log-SNR is 10 at t = 0 and -10 exactly at its own T_k (1 for
+    the approximation), linear in between; the SDE's drift and diffusion are those of its
+    marginals (d log alpha / dt = -beta / 2, sigma^2 = 1 - alpha^2, g^2 = beta)."""
+    from jaxdiff.multiscale import LogSNRVPSDE, config_section, reference_end_times
+    assert reference_end_times(3) == (0.25, 0.5, 0.75)
+    assert reference_end_times(2) == (1 / 3, 2 / 3) and reference_end_times(1) == (0.5,)
+    assert tuple(config_section(levels=3).end_times) == (0.25, 0.5, 0.75)
+    ms = HaarMultiScale.create(LogSNRVPSDE(), (H, H, 1), reference_end_times(2))
+    sde = ms.sde(0)
+    T_j = _band_end_times(ms, 0).reshape(H, H, 1)
+    for t in [0.0, 0.1, 1 / 3, 0.5, 2 / 3, 0.9, 1.0]:
+        a, s = (np.asarray(v) for v in sde.marginal_coeffs(jnp.asarray(t)))
+        lam_lib = np.log(a**2 / s**2)
+        lam = np.maximum(_lam(t, T_j), -10.0)                  # frozen after T_k
+        np.testing.assert_allclose(lam_lib, lam, atol=1e-9)
+        np.testing.assert_allclose(a**2 + s**2, 1.0, atol=1e-12)
+    a_end = np.asarray(sde.marginal_coeffs(jnp.asarray(1 / 3))[0])
+    np.testing.assert_allclose(np.log(a_end[4:, 4:] ** 2 / (1 - a_end[4:, 4:] ** 2)), -10, atol=1e-9)
+    base = LogSNRVPSDE()
+    t, dt = jnp.array([0.05, 0.3, 0.7, 0.95]), 1e-6
+    x = jnp.ones((4, 1))
+    drift, g = base.sde(x, t)
+    la = lambda u: jnp.log(base.marginal_coeffs(u)[0])
+    beta = -2 * (la(t + dt) - la(t - dt)) / (2 * dt)
+    np.testing.assert_allclose(drift[:, 0], -0.5 * beta, rtol=1e-6)
+    np.testing.assert_allclose(g**2, beta, rtol=1e-6)
+    np.testing.assert_allclose(beta, 20 * _sig(-_lam(np.asarray(t), 1.0)), rtol=1e-6)
+
+
+def _diag_problem(ms):
+    """Independent Gaussian Haar coefficients (mean m, variance v per coefficient) and the exact
+    stage scores from the written-out log-SNR (not the library's SDE)."""
+    rng = np.random.default_rng(3)
+    Hs, Ws, _ = ms.image_shape
+    m = rng.uniform(-1.0, 1.0, (Hs, Ws, 1))
+    v = rng.uniform(0.2, 1.5, (Hs, Ws, 1))
+    ha, wa, _ = ms.block_shape(ms.levels)
+    v[:ha, :wa] = rng.uniform(2.0, 4.0, (ha, wa, 1))      # approximation: larger, as in images
+    fns = []
+    for s in range(ms.levels + 1):
+        hh, ww, _ = ms.block_shape(s)
+        T_j = _band_end_times(ms, s).reshape(hh, ww, 1)
+
+        def fn(p, c, t, mb=m[:hh, :ww], vb=v[:hh, :ww], T_j=T_j):
+            lam = 10.0 - 20.0 * t[:, None, None, None] / T_j
+            a2, s2 = jax.nn.sigmoid(lam), jax.nn.sigmoid(-lam)
+            return -(c - jnp.sqrt(a2) * mb) / (a2 * vb + s2)
+
+        fns.append(fn)
+    return m, v, fns
+
+
+def _chain_law(ms, m, v, num_steps, eps, handoff, details_start="prior"):
+    """Mean and variance per coefficient of the multi-scale Euler-Maruyama chain with the exact
+    scores, propagated in closed form (every update is affine per coefficient):
+    ``x_mean = x + dt (beta / 2 x - beta (x - alpha m) / P)``, ``x = x_mean + sqrt(beta dt) z``
+    (``dt = 1 / N``, ``P = alpha^2 v + sigma^2``), new details N(0, sigmoid(10)) at the stage
+    start, the coarse block handed on as the mean of the last update (or the noisy state); the
+    result is the noise-free mean of the last update."""
+    grid = np.linspace(1.0, eps, num_steps)
+    dt = 1.0 / num_steps
+    sched = ms.schedule(num_steps, eps)
+    mean = var = var_noisy = None
+    for s, start, stop in sched:
+        hh, ww, _ = ms.block_shape(s)
+        T_j = _band_end_times(ms, s).reshape(hh, ww, 1)
+        new_var = np.full((hh, ww, 1), _sig(10.0) if details_start == "prior" else 0.0)
+        new_mean = np.zeros((hh, ww, 1))
+        if mean is not None:
+            h0, w0 = mean.shape[:2]
+            new_mean[:h0, :w0], new_var[:h0, :w0] = mean, (var if handoff == "mean" else var_noisy)
+        else:
+            new_var[:] = _sig(10.0)
+        mean, var = new_mean, new_var
+        var_noisy = var
+        for t in grid[start:stop]:
+            lam = 10.0 - 20.0 * t / T_j
+            a2, s2 = _sig(lam), _sig(-lam)
+            beta = 20.0 / T_j * s2
+            P = a2 * v[:hh, :ww] + s2
+            A = 1 + dt * beta / 2 - dt * beta / P
+            b = dt * beta * np.sqrt(a2) * m[:hh, :ww] / P
+            mean, var = A * mean + b, A**2 * var_noisy
+            var_noisy = var + beta * dt
+    return mean, var
+
+
+@pytest.mark.parametrize("handoff", ["mean", "noisy"])
+def test_multiscale_sampler_is_its_exact_discrete_chain(x64, handoff):
+    """The sampler's samples have, coefficient by coefficient, the mean and variance of its
+    Euler-Maruyama chain propagated in closed form (4 standard errors, power checked: the other
+    handoff, new details started at 0, or the coarse block handed on noisy / as the mean, all
+    differ by far more). A short final stage (2 steps) keeps the start of the details and the
+    handoff visible in the output."""
+    from jaxdiff.multiscale import LogSNRVPSDE
+    ms = HaarMultiScale.create(LogSNRVPSDE(), (4, 4, 1), (0.5,))
+    m, v, fns = _diag_problem(ms)
+    steps, eps, n = 10, 0.4, 20000
+    assert ms.schedule(steps, eps) == [(1, 0, 8), (0, 8, 10)]
+    sample = multiscale_sampler(ms, fns, n, num_steps=steps, eps=eps, handoff=handoff,
+                                dtype=jnp.float64, return_coeffs=True)
+    c, nfe = sample(None, jax.random.PRNGKey(7))
+    assert int(nfe) == steps and c.shape == (n, 4, 4, 1)
+    c = np.asarray(c)
+    mean, var = _chain_law(ms, m, v, steps, eps, handoff)
+    z = (c.mean(0) - mean) / np.sqrt(var / n)
+    assert np.abs(z).max() < 4.5, np.abs(z).max()
+    bands = [(slice(0, 2), slice(0, 2)), (slice(0, 4), slice(2, 4)), (slice(2, 4), slice(0, 2))]
+
+    def band_errors(law_var):
+        """|mean over the band of sample var / law var - 1| in units of its 4-SE tolerance."""
+        ratio = c.var(0) / law_var
+        return [abs(ratio[b].mean() - 1) / (4 * np.sqrt(2 / (n * ratio[b].size))) for b in bands]
+
+    assert max(band_errors(var)) < 1, band_errors(var)
+    # power: each wrong law is off by many tolerances in some band
+    other = "noisy" if handoff == "mean" else "mean"
+    assert band_errors(_chain_law(ms, m, v, steps, eps, other)[1])[0] > 5      # approximation
+    zero = _chain_law(ms, m, v, steps, eps, handoff, details_start="zero")[1]
+    assert min(band_errors(zero)[1:]) > 5                                      # the details
+
+
+def test_multiscale_sampler_handoff_and_config_errors():
+    from jaxdiff.multiscale import config_section
+    ms = HaarMultiScale.create(VPSDE(), (4, 4, 1), (0.5,))
+    with pytest.raises(ValueError, match="handoff"):
+        multiscale_sampler(ms, lambda p, c, t: c, 2, handoff="tweedie")
+    with pytest.raises(ValueError, match="schedule"):
+        config_section(levels=2, schedule="cosine")
+    with pytest.raises(ValueError, match="handoff"):
+        config_section(levels=2, handoff="clean")
+    with pytest.raises(ValueError, match="levels"):
+        config_section(end_times=(0.3, 0.6), levels=3)
+    with pytest.raises(ValueError, match="log_snr_max"):
+        config_section(levels=1, log_snr_max=-10.0, log_snr_min=10.0)
+
+
+def test_multiscale_config_settings():
+    """configs/msdiff_multiscale.py: the reference's settings by default, ours with setting=ours;
+    the task's base SDE follows msdiff.schedule."""
+    import importlib.util
+    import os
+
+    from jaxdiff.multiscale import LogSNRVPSDE, base_sde, from_config
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "msdiff_multiscale.py")
+    spec = importlib.util.spec_from_file_location("_msdiff_multiscale_cfg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for size, T in [(32, (1 / 3, 2 / 3)), (64, (0.25, 0.5, 0.75)), (128, (0.25, 0.5, 0.75))]:
+        c = mod.get_config(f"size={size}")
+        sec = c.msdiff
+        assert tuple(sec.end_times) == pytest.approx(T)
+        assert (sec.schedule, sec.handoff, sec.log_snr_max, sec.log_snr_min) == (
+            "log_snr", "mean", 10.0, -10.0)
+        assert c.training.likelihood_weighting and c.sampling.predictor == "reverse_diffusion"
+        assert c.sampling.corrector == "none" and c.sampling.noise_removal
+        assert isinstance(base_sde(sec, VPSDE()), LogSNRVPSDE)
+        assert isinstance(from_config(sec, VPSDE(), size, 3).base, LogSNRVPSDE)
+    ours = mod.get_config("size=128,setting=ours")
+    assert tuple(ours.msdiff.end_times) == (0.15, 0.35, 0.6)
+    assert (ours.msdiff.schedule, ours.msdiff.handoff) == ("base", "noisy")
+    assert not ours.training.likelihood_weighting
+    assert isinstance(base_sde(ours.msdiff, VPSDE()), VPSDE)
+    with pytest.raises(ValueError, match="setting"):
+        mod.get_config("setting=paper")
 
 
 def test_pc_loop_in_pieces_is_the_loop_in_one_go():
