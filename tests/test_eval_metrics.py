@@ -123,3 +123,84 @@ def test_kid_keys_are_respected():
     b = M.kernel_inception_distance(jax.random.key(5), x, y, num_subsets=5, subset_size=50)
     c = M.kernel_inception_distance(jax.random.key(6), x, y, num_subsets=5, subset_size=50)
     assert a == b and a != c
+
+
+# ---- conditional-generation image metrics: SSIM, consistency, diversity ------------------------
+def _ssim_brute_force(x, y, L=1.0):
+    """SSIM of 2-D images from the paper's definition: the 11x11 Gaussian window (sigma 1.5)
+    at every pixel whose window lies inside the image, population moments, mean of the map."""
+    r = np.arange(-5, 6)
+    g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5 ** 2))
+    w = g / g.sum()
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+    vals = []
+    for i in range(5, x.shape[0] - 5):
+        for j in range(5, x.shape[1] - 5):
+            a, b = x[i - 5:i + 6, j - 5:j + 6], y[i - 5:i + 6, j - 5:j + 6]
+            ma, mb = (w * a).sum(), (w * b).sum()
+            va, vb = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum()
+            cab = (w * (a - ma) * (b - mb)).sum()
+            vals.append((2 * ma * mb + c1) * (2 * cab + c2)
+                        / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    return np.mean(vals)
+
+
+def test_ssim_matches_the_definition_and_closed_forms():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2, 17, 19, 1))
+    y = np.clip(0.7 * x + 0.2 + 0.1 * rng.normal(size=x.shape), 0, 1)
+    got = M.ssim(x, y)
+    want = [_ssim_brute_force(x[i, ..., 0], y[i, ..., 0]) for i in range(2)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert 0.2 < got.min() < got.max() < 0.99
+    np.testing.assert_allclose(M.ssim(x, x), 1.0, rtol=1e-12)
+    # constant images a, b: the luminance term only, (2ab + C1) / (a^2 + b^2 + C1); also below
+    # the window size (8x8 digits: the whole map is averaged)
+    for size in (8, 16):
+        a = np.full((1, size, size, 2), 0.3)
+        b = np.full((1, size, size, 2), 0.8)
+        c1 = 1e-4
+        np.testing.assert_allclose(M.ssim(a, b), (2 * 0.24 + c1) / (0.09 + 0.64 + c1), rtol=1e-12)
+    # data_range scales C1, C2: SSIM of 255-scaled images with L=255 equals that with L=1
+    np.testing.assert_allclose(M.ssim(255 * x, 255 * y, data_range=255.0), got, rtol=1e-10)
+    with pytest.raises(ValueError, match="shapes differ"):
+        M.ssim(x, y[:, :16])
+    with pytest.raises(ValueError, match="data_range"):
+        M.ssim(x, y, data_range=0.0)
+
+
+def test_ssim_matches_skimage():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(3, 24, 20, 3))
+    y = np.clip(x + 0.15 * rng.normal(size=x.shape), 0, 1)
+    want = [skm.structural_similarity(x[i], y[i], gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=1.0,
+                                      channel_axis=-1) for i in range(3)]
+    np.testing.assert_allclose(M.ssim(x, y), want, rtol=1e-10)
+
+
+def test_consistency_and_psnr_closed_forms():
+    y = np.zeros((2, 4, 4, 1))
+    yh = y.copy()
+    yh[0] += 0.1
+    yh[1, 0, 0] = 0.4                     # mse 0.16 / 16 = 0.01
+    c = M.consistency(yh, y)
+    np.testing.assert_allclose(c["mse"], [0.01, 0.01], rtol=1e-12)
+    np.testing.assert_allclose(c["psnr"], [20.0, 20.0], rtol=1e-12)
+    np.testing.assert_allclose(M.psnr_db([0.01], data_range=2.0), [10 * np.log10(400)])
+    assert M.consistency(y, y)["psnr"][0] == pytest.approx(120.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        M.consistency(y, y[:, :2])
+
+
+def test_diversity_is_the_mean_pairwise_distance():
+    base = np.zeros((2, 3, 3, 1))
+    s = np.stack([base, base + 0.2, base + np.array([0.5, 0.1]).reshape(2, 1, 1, 1)])
+    # pairs (0,1), (0,2), (1,2): per observation [0.2, 0.5, 0.3] and [0.2, 0.1, 0.1]
+    np.testing.assert_allclose(M.diversity(s), [1.0 / 3.0, 0.4 / 3.0], rtol=1e-12)
+    np.testing.assert_allclose(M.diversity(np.stack([base, base])), 0.0)
+    l1 = lambda a, b: np.abs(a - b).reshape(a.shape[0], -1).sum(1)
+    np.testing.assert_allclose(M.diversity(s, distance=l1), [9 / 3.0, 9 * 0.4 / 3.0])
+    with pytest.raises(ValueError, match="K >= 2"):
+        M.diversity(base[None])

@@ -311,3 +311,41 @@ def test_multiscale_sample_needs_all_stages(tmp_path):
         _run()(config, str(tmp_path / "out"), "sample")
     with pytest.raises(ConfigError, match="all 2 stages"):
         _run()(config, str(tmp_path / "out"), "sample", stage_workdirs=[str(tmp_path)])
+
+
+def test_conditional_metrics_closed_forms():
+    """The --mode=eval metrics on hand-made samples: SSIM / PSNR of the sample, consistency is
+    the observation operator applied to the sample (a detail invisible at low resolution is
+    perfectly consistent but not perfectly accurate), diversity of the extra samples."""
+    config = sr_config("cmde")
+    centered = config.data.centered
+    rng = np.random.default_rng(0)
+    t01 = rng.uniform(0.2, 0.8, (3, 16, 16, 1))
+    # +-0.1 checkerboard: zero mean over each 2x2 block (invisible to the 2x2 average pooling)
+    checker = 0.1 * (-1.0) ** (np.arange(16)[:, None] + np.arange(16)[None, :])[None, :, :, None]
+    to_model = (lambda a: 2 * a - 1) if centered else (lambda a: a)
+    d = {"x": to_model(t01 + checker), "truth": to_model(t01)}
+    m = msdiff_lib.conditional_metrics(config, d)
+    assert m["psnr"] == pytest.approx(20.0, rel=1e-6)               # mse 0.01
+    assert m["consistency_psnr"] == pytest.approx(120.0, rel=1e-4)  # A(x) == A(truth)
+    assert m["consistency_mse"] < 1e-12 and "diversity" not in m
+    from jaxdiff.eval import metrics as M
+    assert m["ssim"] == pytest.approx(float(np.mean(M.ssim(t01 + checker, t01))), rel=1e-9)
+    assert m["ssim"] < 0.99
+    # a constant shift is seen by the operator: consistency mse = shift^2; diversity: the extra
+    # samples (K = 3: x, x, x + 0.05) -> pairs (0, 0.05, 0.05) -> 0.1 / 3
+    d2 = {"x": to_model(t01 + 0.1), "truth": to_model(t01)}
+    m2 = msdiff_lib.conditional_metrics(config, d2, [d2["x"], to_model(t01 + 0.15)])
+    assert m2["consistency_mse"] == pytest.approx(0.01, rel=1e-5)
+    assert m2["diversity"] == pytest.approx(0.1 / 3.0, rel=1e-5)
+    # inpainting: only the observed pixels count (mask channel dropped), hidden pixels are free
+    config.msdiff = conditional.config_section(task="inpainting")
+    mask = np.asarray(conditional.inpaint_mask(16))[None]
+    d3 = {"x": to_model(np.where(mask > 0.5, t01, 0.0)), "truth": to_model(t01)}
+    m3 = msdiff_lib.conditional_metrics(config, d3, lpips_fn=lambda a, b: np.full(len(a), 0.5),
+                                        fid_features=lambda im: im.reshape(len(im), -1)[:, :4])
+    assert m3["consistency_psnr"] == pytest.approx(120.0, rel=1e-4) and m3["psnr"] < 30
+    assert m3["lpips"] == 0.5 and m3["target_fid"] >= 0.0
+    # a shift of 0.1 is seen on the observed 3/4 of the pixels: mse 0.75 * 0.01
+    m4 = msdiff_lib.conditional_metrics(config, {"x": to_model(t01 + 0.1), "truth": to_model(t01)})
+    assert m4["consistency_mse"] == pytest.approx(0.0075, rel=1e-5)

@@ -1,4 +1,6 @@
-"""Sample-quality metrics from network features: FID (Fréchet distance), Inception Score, KID.
+"""Sample-quality metrics from network features: FID (Fréchet distance), Inception Score, KID;
+and the image metrics of conditional generation (Batzolis et al. 2021): SSIM, consistency with
+the observation, diversity of several samples for one observation.
 
 These run on the host in float64 (numpy / scipy): features come back from the device once per
 evaluation, and the 2048x2048 matrix square root of FID is best done in double precision.
@@ -11,12 +13,14 @@ import warnings
 import jax
 import numpy as np
 import scipy.linalg
+import scipy.ndimage
 import scipy.special
 
 Array = jax.Array
 
 __all__ = ["feature_statistics", "frechet_distance", "fid_from_features", "inception_score",
-           "kernel_inception_distance", "polynomial_mmd2_unbiased"]
+           "kernel_inception_distance", "polynomial_mmd2_unbiased", "ssim", "mse", "psnr_db",
+           "consistency", "diversity"]
 
 
 def _as_2d(name: str, x) -> np.ndarray:
@@ -162,3 +166,112 @@ def kernel_inception_distance(key: Array, features1, features2, *, num_subsets: 
     vals = np.array([polynomial_mmd2_unbiased(f1[a], f2[b], degree=degree, gamma=gamma,
                                               coef0=coef0) for a, b in zip(i1, i2)])
     return float(vals.mean()), float(vals.std())
+
+
+# ---- image metrics of conditional generation ------------------------------------------------
+def _images(name: str, x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be images (B, H, W[, C]), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return x
+
+
+def ssim(x, y, *, data_range: float = 1.0, sigma: float = 1.5, truncate: float = 3.5,
+         k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
+    """Per-image structural similarity (Wang, Bovik, Sheikh & Simoncelli 2004), float64.
+
+    The paper's settings: a Gaussian window of standard deviation ``sigma = 1.5`` (``truncate``
+    3.5 gives the 11x11 window), ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2`` with ``k1 = 0.01``,
+    ``k2 = 0.03`` and ``L = data_range``, population (not sample) local covariances. The SSIM map
+    is computed per channel with reflecting borders (``scipy.ndimage.gaussian_filter``) and
+    averaged over the pixels at least half a window from the border and over channels; this is
+    ``skimage.metrics.structural_similarity(x, y, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=L, channel_axis=-1)``. Images smaller than the
+    window (e.g. 8x8 or 16x16 digits, where skimage refuses) average the whole map instead.
+
+    Args:
+      x, y: ``(B, H, W[, C])`` images on the same scale.
+      data_range: ``L``, the dynamic range (1 for ``[0, 1]`` images).
+
+    Returns:
+      ``(B,)`` SSIM values in ``[-1, 1]`` (1 iff ``x == y``).
+    """
+    x, y = _images("x", x), _images("y", y)
+    if x.shape != y.shape:
+        raise ValueError(f"ssim: shapes differ, {x.shape} vs {y.shape}")
+    if not data_range > 0:
+        raise ValueError(f"ssim: data_range must be > 0, got {data_range}")
+    if not sigma > 0:
+        raise ValueError(f"ssim: sigma must be > 0, got {sigma}")
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    filt = lambda a: scipy.ndimage.gaussian_filter(a, sigma=(0, sigma, sigma, 0),
+                                                   truncate=truncate, mode="reflect")
+    mx, my = filt(x), filt(y)
+    vx = filt(x * x) - mx * mx
+    vy = filt(y * y) - my * my
+    cxy = filt(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    pad = (2 * int(truncate * sigma + 0.5) + 1 - 1) // 2
+    h, w = x.shape[1:3]
+    if h > 2 * pad and w > 2 * pad:
+        s = s[:, pad:h - pad, pad:w - pad]
+    return s.reshape(s.shape[0], -1).mean(axis=1)
+
+
+def mse(x, y) -> np.ndarray:
+    """Per-example mean squared error of ``(B, ...)`` arrays (float64)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim < 1:
+        raise ValueError(f"mse: shapes differ, {x.shape} vs {y.shape}")
+    return np.mean(np.square(x - y).reshape(x.shape[0], -1), axis=1)
+
+
+def psnr_db(err_mse, *, data_range: float = 1.0) -> np.ndarray:
+    """``10 log10(L^2 / MSE)`` (dB) of per-example MSEs (floored at ``1e-12 L^2``: 120 dB)."""
+    if not data_range > 0:
+        raise ValueError(f"psnr: data_range must be > 0, got {data_range}")
+    m = np.asarray(err_mse, np.float64)
+    return 10.0 * np.log10(data_range ** 2 / np.maximum(m, 1e-12 * data_range ** 2))
+
+
+def consistency(y_of_sample, y, *, data_range: float = 1.0) -> dict:
+    """Consistency of samples with their observations: the observation operator applied to the
+    sample, ``A(x)``, against the observation ``y`` (the papers' "consistency").
+
+    Args:
+      y_of_sample: ``(B, ...)`` the operator applied to the samples, ``A(x)``.
+      y: ``(B, ...)`` the observations ``A(x_true)`` on the same scale.
+      data_range: peak of the PSNR.
+
+    Returns:
+      ``{'mse': (B,), 'psnr': (B,)}`` (PSNR in dB; higher is more consistent).
+    """
+    m = mse(y_of_sample, y)
+    return {"mse": m, "psnr": psnr_db(m, data_range=data_range)}
+
+
+def diversity(samples, *, distance=None) -> np.ndarray:
+    """Mean pairwise distance of ``K >= 2`` samples drawn for each of ``B`` observations.
+
+    Args:
+      samples: ``(K, B, ...)``: ``samples[k, b]`` is the ``k``-th sample for observation ``b``.
+      distance: ``distance(a, b) -> (B,)`` between two ``(B, ...)`` batches; default the
+        root-mean-square difference per entry, ``sqrt(mean((a - b)^2))`` (on ``[0, 1]`` images:
+        0 for identical samples, the standard deviation times ``sqrt(2)`` for independent ones).
+
+    Returns:
+      ``(B,)``: the mean over the ``K (K - 1) / 2`` pairs ``k < l`` of ``distance(s_k, s_l)``.
+    """
+    s = np.asarray(samples, np.float64)
+    if s.ndim < 2 or s.shape[0] < 2:
+        raise ValueError(f"diversity needs samples (K >= 2, B, ...), got shape {s.shape}")
+    if distance is None:
+        distance = lambda a, b: np.sqrt(mse(a, b))
+    k = s.shape[0]
+    pairs = [np.asarray(distance(s[i], s[j]), np.float64)
+             for i in range(k) for j in range(i + 1, k)]
+    return np.mean(pairs, axis=0)

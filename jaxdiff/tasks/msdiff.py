@@ -24,7 +24,8 @@ run; everything else (data pipeline, optimiser, EMA, sharded step, checkpoints, 
 
 Unconditional metrics (bits/dim, the sample-quality metrics) do not apply to these models: the
 tasks skip those evaluators (listed under ``skipped`` in the report) and add their own
-(:class:`ConditionalPSNR`).
+(:class:`ConditionalMetrics`: PSNR, SSIM, consistency, diversity, and LPIPS / target FID when
+configured).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from jaxdiff.train.step import get_score_fns as plain_score_fns
 __all__ = ["MSDiffSetup", "setup", "network_config", "get_score_fns", "get_loss_fn",
            "conditional_sampler", "condition_image", "psnr", "save_triplet_grid",
            "heldout_images", "draw_conditional", "multiscale_sample", "ConditionalPSNR",
+           "ConditionalMetrics", "conditional_metrics",
            "ConditionalTask", "MultiScaleTask"]
 
 
@@ -441,11 +443,78 @@ class _MSDiffTask(Task):
         return out
 
 
-class ConditionalPSNR(evaluators_lib.Evaluator):
-    """``--mode=eval`` of a conditional run (``config.eval.enable_sampling``): the mean PSNR of
-    ``config.sampling.num_samples`` conditional samples of held-out images against the truth:
-    ``conditional_psnr``, ``conditional_psnr_condition``, ``conditional_nfe``,
-    ``conditional_num_samples``."""
+def _get(section, key: str, default):
+    return section.get(key, default) if hasattr(section, "get") else default
+
+
+def _unit(x, centered: bool) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return np.clip((x + 1.0) / 2.0 if centered else x, 0.0, 1.0)
+
+
+def conditional_metrics(config, d: dict, extra_samples: Sequence = (), *,
+                        lpips_fn: Callable | None = None,
+                        fid_features: Callable | None = None) -> dict:
+    """The papers' metrics of conditional samples (:mod:`jaxdiff.eval.metrics`), all on images
+    clipped to ``[0, 1]``:
+
+    * ``psnr``, ``ssim`` (Wang et al. 2004: Gaussian window 11, sigma 1.5) of the sample against
+      the truth (means over the observations);
+    * ``consistency_psnr`` / ``consistency_mse``: the observation operator of the task applied
+      to the sample against the same operator applied to the truth (inpainting: the observed
+      pixels, not the mask channel; super-resolution: the low-resolution images; edges: the Sobel
+      magnitudes, PSNR with peak 1);
+    * ``diversity`` (with ``extra_samples``, ``K - 1 >= 1`` more samples for the same
+      observations): the mean pairwise root-mean-square distance of the ``K`` samples per
+      observation (:func:`jaxdiff.eval.metrics.diversity`), averaged over observations;
+    * ``lpips`` (with ``lpips_fn(a, b) -> (B,)`` on ``[0, 1]`` images), and ``lpips_diversity``
+      with ``extra_samples``;
+    * ``target_fid`` (with ``fid_features(images01) -> (N, D)``): FID between the samples and
+      their targets (the truths), ``N >= 2``.
+
+    Args:
+      config: a conditional msdiff config.
+      d: from :func:`draw_conditional` (``x``, ``truth``, ``y``, ...).
+      extra_samples: more ``(B, H, W, C)`` model-space samples for the same observations.
+    """
+    from jaxdiff.eval import metrics as M
+    sec = _section(config)
+    c = config.data.centered
+    x, truth = _unit(d["x"], c), _unit(d["truth"], c)
+    out = {"psnr": float(np.mean(M.psnr_db(M.mse(x, truth)))),
+           "ssim": float(np.mean(M.ssim(x, truth)))}
+    obs = conditional.make_observe(sec, int(config.data.image_size))
+    ax, at = (np.asarray(obs(jnp.asarray(a, jnp.float32)), np.float64) for a in (x, truth))
+    if sec.task == "inpainting" and ax.shape[-1] > x.shape[-1]:
+        ax, at = ax[..., :x.shape[-1]], at[..., :x.shape[-1]]
+    cons = M.consistency(ax, at)
+    out["consistency_psnr"] = float(np.mean(cons["psnr"]))
+    out["consistency_mse"] = float(np.mean(cons["mse"]))
+    samples = [x] + [_unit(e, c) for e in extra_samples]
+    if len(samples) >= 2:
+        out["diversity"] = float(np.mean(M.diversity(np.stack(samples))))
+    if lpips_fn is not None:
+        out["lpips"] = float(np.mean(lpips_fn(x, truth)))
+        if len(samples) >= 2:
+            out["lpips_diversity"] = float(np.mean(M.diversity(np.stack(samples),
+                                                               distance=lpips_fn)))
+    if fid_features is not None:
+        out["target_fid"] = M.fid_from_features(fid_features(x), fid_features(truth))
+    return out
+
+
+class ConditionalMetrics(evaluators_lib.Evaluator):
+    """``--mode=eval`` of a conditional run (``config.eval.enable_sampling``): samples for
+    ``config.sampling.num_samples`` held-out observations and :func:`conditional_metrics`:
+    ``conditional_psnr``, ``conditional_psnr_condition``, ``conditional_ssim``,
+    ``conditional_consistency_psnr``, ``conditional_consistency_mse``, ``conditional_diversity``,
+    ``conditional_nfe``, ``conditional_num_samples``, and, when configured,
+    ``conditional_lpips`` / ``conditional_lpips_diversity`` / ``conditional_target_fid``.
+
+    Config keys (defaults when absent): ``eval.conditional_diversity_samples`` (3: samples per
+    observation for the diversity; < 2 skips it and draws one), ``eval.lpips_weights`` ('': a
+    local file from :mod:`jaxdiff.eval.lpips`), ``eval.inception_weights`` ('': the converted FID
+    Inception; target FID needs ``num_samples >= 2``), ``eval.lpips_net`` ('alex')."""
 
     name = "conditional_psnr"
 
@@ -457,11 +526,29 @@ class ConditionalPSNR(evaluators_lib.Evaluator):
         c = ctx.config
         n = c.sampling.num_samples
         sampler, _ = conditional_sampler(c, self.task.sde, self.task.score_fn, n)
-        d = draw_conditional(c, sampler, params, jax.random.fold_in(ctx.key, 4),
-                             heldout_images(c, ctx.data_dir, n))
+        images = heldout_images(c, ctx.data_dir, n)
+        key = jax.random.fold_in(ctx.key, 4)
+        d = draw_conditional(c, sampler, params, key, images)
+        k = int(_get(c.eval, "conditional_diversity_samples", 3))
+        extra = [draw_conditional(c, sampler, params, jax.random.fold_in(key, 1 + i),
+                                  images)["x"] for i in range(max(k, 1) - 1)]
+        lpips_fn = fid_fn = None
+        if _get(c.eval, "lpips_weights", ""):
+            from jaxdiff.eval import lpips as lpips_lib
+            lpips_fn = lpips_lib.lpips_distance_fn(c.eval.lpips_weights,
+                                                   net=_get(c.eval, "lpips_net", "alex"))
+        if _get(c.eval, "inception_weights", "") and n >= 2:
+            from jaxdiff.eval.features import extract_features, inception_feature_fn
+            fn, ip = inception_feature_fn(c.eval.inception_weights, self.task.mesh)
+            fid_fn = lambda im: extract_features(fn, ip, np.asarray(im, np.float32))[0]
         out = {f"conditional_{k}": v for k, v in _summary(d).items()}
+        out.update({f"conditional_{k}": v for k, v in conditional_metrics(
+            c, d, extra, lpips_fn=lpips_fn, fid_features=fid_fn).items()})
         out["conditional_num_samples"] = int(n)
         return out
+
+
+ConditionalPSNR = ConditionalMetrics  # the evaluator's former name
 
 
 @register_task("msdiff_conditional")
@@ -477,8 +564,8 @@ class ConditionalTask(_MSDiffTask):
         self._snapshot: tuple | None = None
 
     def extra_evaluators(self, periodic: bool) -> list:
-        """:class:`ConditionalPSNR` in ``--mode=eval`` with ``config.eval.enable_sampling``."""
-        return [ConditionalPSNR(self)] if not periodic and self.config.eval.enable_sampling \
+        """:class:`ConditionalMetrics` in ``--mode=eval`` with ``config.eval.enable_sampling``."""
+        return [ConditionalMetrics(self)] if not periodic and self.config.eval.enable_sampling \
             else []
 
     def snapshot(self, params, step: int, *, workdir: str, data_dir: str) -> dict:
