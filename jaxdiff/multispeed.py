@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxdiff.sde import SDE, batch_broadcast
+from jaxdiff.sde import SDE, VESDE, batch_broadcast
 
 Array = jax.Array
 
-__all__ = ["MultiSpeedSDE", "block_speeds", "joint_speeds"]
+__all__ = ["MultiSpeedSDE", "block_speeds", "joint_speeds", "sigma_y_max", "speed_for_sigma_max"]
 
 
 def _sum_per_example(z: Array) -> Array:
@@ -210,3 +210,40 @@ def joint_speeds(x_dim: int, y_dim: int, y_speed: float, x_speed: float = 1.0) -
     if x_dim < 1 or y_dim < 1:
         raise ValueError(f"x_dim and y_dim must be >= 1, got {x_dim} and {y_dim}")
     return block_speeds((x_dim + y_dim,), [(slice(0, x_dim), x_speed), (slice(x_dim, None), y_speed)])
+
+
+# ---- speed <-> sigma_max_y (CMDE's y SDE) ----------------------------------------------------
+def sigma_y_max(base: SDE, speed) -> Array:
+    """``sigma(speed * T)`` of ``base``: the largest std a coordinate of speed ``speed`` reaches
+    (CMDE's ``sigma_max_y``). Under a VE base with ``sigma(t) = sigma_min (sigma_max /
+    sigma_min)^t`` a speed-``s`` coordinate is exactly the VE SDE of ``sigma_min`` and
+    ``sigma_max_y = sigma_min^(1-s) sigma_max^s`` (same marginals, same ``g^2 = s g_base(s t)^2``)."""
+    s = jnp.asarray(speed, jnp.result_type(float))
+    one = jnp.ones((1,) + s.shape, s.dtype)
+    return base.marginal_prob(one, jnp.minimum(s * base.T, base.T)[None])[1][0]
+
+
+def speed_for_sigma_max(base: SDE, sigma_max_y, iters: int = 60) -> Array:
+    """The speed ``s`` in ``(0, 1]`` with ``sigma_y_max(base, s) = sigma_max_y`` (inverse of
+    :func:`sigma_y_max`; works on traced values). VE: the closed form ``s = log(sigma_max_y /
+    sigma_min) / log(sigma_max / sigma_min)``; other bases: bisection (``sigma(t)`` increases).
+    ``sigma_max_y`` outside ``(sigma(0), sigma(T)]`` is clipped to that range (speed 1 at the top;
+    a concrete value outside raises ``ValueError``)."""
+    sig = jnp.asarray(sigma_max_y, jnp.result_type(float))
+    try:
+        lo_c, hi_c = float(sigma_y_max(base, 1e-12)), float(sigma_y_max(base, 1.0))
+        v = float(sig)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        v = None
+    if v is not None and not (lo_c < v <= hi_c * (1 + 1e-6)):
+        raise ValueError(f"sigma_max_y={v} must lie in (sigma(0), sigma(T)] = ({lo_c}, {hi_c}] of "
+                         f"the x SDE")
+    if isinstance(base, VESDE):
+        s = jnp.log(sig / base.sigma_min) / jnp.log(base.sigma_max / base.sigma_min)
+        return jnp.clip(s, 1e-12, 1.0)
+    lo, hi = jnp.zeros_like(sig), jnp.ones_like(sig)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        up = sigma_y_max(base, mid) < sig
+        lo, hi = jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+    return jnp.clip(0.5 * (lo + hi), 1e-12, 1.0)

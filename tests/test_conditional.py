@@ -226,3 +226,167 @@ def test_digits_sr_training_loss_runs_on_the_network():
     assert y.shape == (2, 8, 8, 1)
     x, nfe = est.pc_sampler(cond_score, (2, size, size, ch), num_steps=3)(params, jax.random.PRNGKey(3), y)
     assert x.shape == images.shape and int(nfe) == 3
+
+
+# ---- issue 13: the joint (x, y) loss, VS-CMDE, the y paths of the sampler ------------------------
+def _gaussian_joint():
+    """One correlated Gaussian over (x in R^2, y in R): its perturbed joint score is exact."""
+    cov = jnp.array([[0.5, 0.2, 0.3], [0.2, 0.4, -0.1], [0.3, -0.1, 0.6]])
+    return GaussianMixture.create([1.0], jnp.array([[0.5, -0.3, 0.2]]), cov[None]), cov
+
+
+def _expected_loss(est, cov, *, target, likelihood, eps, n_quad=400):
+    """E_{t ~ U(eps, T), x_t, y_t}[per-example loss] at the exact joint score, in closed form:
+    at time t, E|s_i + z_i / sigma_i|^2 = 1 / sigma_i^2 - (Sigma_t^{-1})_ii for the exact score
+    (Sigma_t = A Sigma A + diag(sigma^2)), times w_i = g_i^2 (likelihood weighting) or
+    sigma_i^2; mean over the trained coordinates (x only, or x and y); t by Gauss-Legendre."""
+    sde = est.joint_sde(2, 1)
+    nodes, wts = np.polynomial.legendre.leggauss(n_quad)
+    T = sde.T
+    ts = 0.5 * (T - eps) * nodes + 0.5 * (T + eps)
+    ones = jnp.ones((len(ts), 3))
+    alpha, sigma = (np.asarray(v) for v in sde.marginal_prob(ones, jnp.asarray(ts)))
+    g = np.asarray(sde.sde(jnp.zeros((len(ts), 3)), jnp.asarray(ts))[1])
+    c = np.asarray(cov)
+    vals = []
+    for a, s, gg in zip(alpha, sigma, g):
+        st = np.diag(a) @ c @ np.diag(a) + np.diag(s**2)
+        per = 1.0 / s**2 - np.diag(np.linalg.inv(st))
+        per = per * (gg**2 if likelihood else s**2)
+        vals.append(per[:2].mean() if target == "x" else per.mean())
+    return 0.5 * float(np.dot(wts, vals))   # (T - eps) / 2 * sum / (T - eps)
+
+
+@pytest.mark.parametrize("likelihood", [True, False])
+def test_joint_and_x_losses_match_closed_form(x64, likelihood):
+    """At the exact perturbed joint score of a Gaussian (x, y), the Monte-Carlo joint loss (x- and
+    y-parts, each with its own g^2) and the x-only loss equal their closed forms within 4 standard
+    errors, for CDiffE and CMDE under a VE x SDE (the reference's)."""
+    from jaxdiff.sde import VESDE
+    if True:
+        joint, cov = _gaussian_joint()
+        base = VESDE(0.01, 3.0)
+        data = joint.sample(jax.random.PRNGKey(5), 10000).astype(jnp.float64)
+        batch = {"x": data[:, :2], "y": data[:, 2:]}
+        for est in (ConditionalEstimator.cdiffe(base), ConditionalEstimator.cmde(base, 0.4)):
+            exact = joint.score_fn(est.joint_sde(2, 1))
+            for target in ("joint", "x"):
+                score = joint_to_conditional(exact, (2,), (1,), joint=target == "joint")
+                loss_fn = est.loss(score, likelihood_weighting=likelihood, target=target,
+                                   eps=1e-3)
+                loss, aux = loss_fn(None, jax.random.PRNGKey(7), batch)
+                se = float(np.std(aux["losses"]) / np.sqrt(aux["losses"].shape[0]))
+                want = _expected_loss(est, cov, target=target, likelihood=likelihood, eps=1e-3)
+                assert abs(float(loss) - want) < 4 * se, (est.name, target, float(loss), want, se)
+
+
+def test_joint_loss_errors_and_y_part_matters():
+    base = VPSDE()
+    x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+    only_x = lambda p, x, t, y: -x
+    pair = lambda p, x, t, y: (-x, -y)
+    with pytest.raises(ValueError, match="CDE does not diffuse y"):
+        ConditionalEstimator.cde(base).loss(only_x, target="joint")
+    with pytest.raises(ValueError, match="loss target"):
+        ConditionalEstimator.cdiffe(base).loss(only_x, target="xy")
+    est = ConditionalEstimator.cdiffe(base)
+    with pytest.raises(ValueError, match=r"\(s_x, s_y\)"):
+        est.loss(only_x, target="joint")(None, jax.random.PRNGKey(0), (x, y))
+    with pytest.raises(ValueError, match="x-score only"):
+        est.loss(pair, target="x")(None, jax.random.PRNGKey(0), (x, y))
+    # the joint loss sees the y-part, the x loss does not
+    k = jax.random.PRNGKey(1)
+    a = est.loss(pair, target="joint")(None, k, (x, y))[0]
+    b = est.loss(lambda p, x, t, y: (-x, 0.0 * y), target="joint")(None, k, (x, y))[0]
+    c = est.loss(only_x, target="x")(None, k, (x, y))[0]
+    assert float(a) != float(b) and np.isfinite(float(c))
+
+
+def test_vs_cmde_schedule_and_train_step():
+    """VS-CMDE: sigma_max_y decays by the reference's inverse-multiplicative rule from sigma(T) of
+    x (CDiffE) to the CMDE target; its loss at step 0 is CDiffE's, at the last step CMDE's; the
+    train step passes the step to such a loss."""
+    from jaxdiff.multispeed import sigma_y_max, speed_for_sigma_max
+    from jaxdiff.sde import VESDE
+    base = VESDE(5e-3, 16.0)
+    speed = float(speed_for_sigma_max(base, 0.5))
+    assert speed == pytest.approx(np.log(0.5 / 5e-3) / np.log(16.0 / 5e-3), rel=1e-6)
+    assert float(sigma_y_max(base, speed)) == pytest.approx(0.5, rel=1e-6)
+    est = cond.get_estimator("vs_cmde", base, y_speed=speed, reach_target_steps=100)
+    f = lambda k: 100 * 0.5 * 16.0 / (k * (16.0 - 0.5) + 100 * 0.5)   # callbacks.get_reduction_fn
+    for k in (0, 1, 37, 100):
+        assert float(est.sigma_max_y_at(k)) == pytest.approx(f(k), rel=1e-5)
+    assert float(est.sigma_max_y_at(500)) == pytest.approx(0.5, rel=1e-5)   # held after K
+    assert float(est.at_step(0).y_speed) == pytest.approx(1.0, abs=1e-6)
+    assert float(est.at_step(100).y_speed) == pytest.approx(speed, rel=1e-6)
+    x, y = jax.random.normal(jax.random.PRNGKey(0), (8, 2)), jax.random.normal(jax.random.PRNGKey(1), (8, 1))
+    pair = lambda p, x, t, y: (-x * p, -y * p)
+    kw = dict(target="joint", likelihood_weighting=True)
+    loss = est.loss(pair, **kw)
+    assert loss.takes_step and not ConditionalEstimator.cmde(base, speed).loss(pair, **kw).takes_step
+    k = jax.random.PRNGKey(3)
+    at = lambda step: float(jax.jit(loss)(1.0, k, (x, y), step=step)[0])
+    cdiffe = float(ConditionalEstimator.cdiffe(base).loss(pair, **kw)(1.0, k, (x, y))[0])
+    cmde = float(ConditionalEstimator.cmde(base, speed).loss(pair, **kw)(1.0, k, (x, y))[0])
+    assert at(0) == pytest.approx(cdiffe, rel=1e-5) and at(100) == pytest.approx(cmde, rel=1e-5)
+    assert float(loss(1.0, k, (x, y))[0]) == pytest.approx(cmde, rel=1e-5)   # no step: target
+    assert abs(at(50) - cmde) > 1e-3 * abs(cmde)
+    # the train step hands state.step to a loss with takes_step
+    import optax
+
+    from jaxdiff.train.state import TrainState
+    from jaxdiff.train.step import make_train_step
+
+    def step_loss(params, key, batch, step=None):
+        return params["w"] * jnp.asarray(step, jnp.float32), {}
+    step_loss.takes_step = True
+    opt = optax.sgd(1.0)
+    p = {"w": jnp.asarray(0.0)}
+    st = TrainState(step=jnp.asarray(7), params=p, ema_params=p, opt_state=opt.init(p),
+                    rng=jax.random.PRNGKey(0))
+    new, _ = make_train_step(step_loss, opt, ema_rate=0.9)(st, jnp.zeros((1, 2)))
+    assert float(new.params["w"]) == pytest.approx(-7.0)   # gradient = step
+
+
+def test_backward_y_bridge():
+    """The backward kernel p(y_t | y_0, y_{t+tau}): the reference's VE formula, and for a VP
+    multi-speed y (our generalisation) it maps p_{t+tau}(. | y_0) to p_t(. | y_0)."""
+    from jaxdiff.sde import VESDE
+    n = 200000
+    ve = ConditionalEstimator.cdiffe(VESDE(0.01, 5.0))
+    y0 = jnp.full((n, 1), 0.7)
+    y_next = jnp.full((n, 1), -1.3)
+    t, t2 = jnp.full((n,), 0.4), jnp.full((n,), 0.45)
+    yt = ve.backward_y(jax.random.PRNGKey(0), y0, y_next, t, t2)
+    s2t, s2n = (0.01 * 500.0**0.4) ** 2, (0.01 * 500.0**0.45) ** 2      # sde_lib.compute_backward_kernel
+    mean = 0.7 * (s2n - s2t) / s2n + -1.3 * s2t / s2n
+    std = np.sqrt(s2t * (s2n - s2t) / s2n)
+    assert abs(float(yt.mean()) - mean) < 4 * std / np.sqrt(n)
+    assert float(yt.std()) == pytest.approx(std, rel=4 * np.sqrt(0.5 / n))
+    vp = ConditionalEstimator.cmde(VPSDE(), 0.5)
+    y_next = vp.diffuse_y(jax.random.PRNGKey(1), y0, t2)
+    yt = vp.backward_y(jax.random.PRNGKey(2), y0, y_next, t, t2)
+    m, s = vp.y_sde.marginal_prob(y0[:1], t[:1])
+    m, s = float(m[0, 0]), float(s[0, 0])
+    assert abs(float(yt.mean()) - m) < 4 * s / np.sqrt(n)
+    assert float(yt.std()) == pytest.approx(s, rel=4 * np.sqrt(0.5 / n))
+    assert ConditionalEstimator.cde(VPSDE()).backward_y(None, y0, y_next, t, t2) is y0
+
+
+@pytest.mark.parametrize("y_path", ["fresh", "backward"])
+def test_y_paths_sample_the_posterior_with_slow_y(problem, y_path):
+    """CMDE at speed 0.05 with the exact joint score and a Langevin corrector samples p(x | y) at
+    the noise floor with the reference's fresh y_t (before corrector and predictor) and with its
+    backward-kernel y path; CDiffE with the clean y instead of y_t would be another estimator
+    (checked: the sampler's CDE with the joint score is far off)."""
+    joint, post, ref, floor, kp = problem
+    base = VPSDE()
+    est = ConditionalEstimator.cmde(base, 0.05)
+    score = joint_to_conditional(shared_t_score_fn(joint, est.joint_sde(2, 1)), (2,), (1,))
+    sample = est.pc_sampler(score, (N, 2), num_steps=STEPS, predictor="reverse_diffusion",
+                            corrector="langevin", snr=0.05, y_path=y_path)
+    x, nfe = sample(None, jax.random.PRNGKey(0), jnp.full((N, 1), Y0))
+    assert int(nfe) == 2 * STEPS
+    assert float(sliced_wasserstein(kp, x, ref)) < 2.0 * floor
+    with pytest.raises(ValueError, match="y_path"):
+        est.pc_sampler(score, (N, 2), y_path="clean")

@@ -4,6 +4,7 @@ key / type / value fails naming the key (in files, in overrides, on the command 
 import glob
 import os
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -169,17 +170,27 @@ _CONDITIONAL = {
 
 
 @pytest.mark.parametrize("arg", sorted(_CONDITIONAL))
-@pytest.mark.parametrize("estimator", ["cde", "cdiffe", "cmde"])
+@pytest.mark.parametrize("estimator", ["cde", "cdiffe", "cmde", "vs_cmde"])
 def test_msdiff_conditional_variants(arg, estimator):
     dataset, size, model, batch, n_iters, sec = _CONDITIONAL[arg]
     c = _variant("msdiff_conditional", f"{arg},estimator={estimator}")
     assert (c.data.dataset, c.data.image_size, c.model.name) == (dataset, size, model)
     assert (c.training.batch_size, c.training.n_iters) == (batch, n_iters)
-    assert c.msdiff.estimator == estimator and c.msdiff.y_speed == 0.25
+    # the reference's settings (issue 13): VE sigma_min 5e-3, sigma_max sqrt(D), likelihood
+    # weighting, reverse diffusion + Langevin snr 0.15, data in [0, 1], sigma_max_y 0.5 (CMDE)
+    d = size * size * c.data.num_channels
+    assert c.msdiff.estimator == estimator and c.msdiff.loss == "joint"
+    assert c.msdiff.y_speed == pytest.approx(np.log(0.5 / 5e-3) / np.log(np.sqrt(d) / 5e-3))
     assert {k: c.msdiff[k] for k in sec} == sec
     assert c.data.num_channels == (1 if dataset == "digits" else 3)
-    assert c.data.random_flip == (dataset != "digits") and c.data.centered
-    assert not c.eval.enable_bpd and c.sampling.predictor == "euler_maruyama"
+    assert c.data.random_flip == (dataset != "digits") and not c.data.centered
+    assert c.training.sde == "vesde" and c.training.likelihood_weighting
+    assert (c.model.sigma_min, c.model.sigma_max) == (5e-3, pytest.approx(np.sqrt(d)))
+    assert not c.eval.enable_bpd and c.sampling.predictor == "reverse_diffusion"
+    assert c.sampling.corrector == "langevin" and c.sampling.snr == 0.15
+    ours = _variant("msdiff_conditional", f"{arg},estimator={estimator},setting=ours")
+    assert ours.training.sde == "vpsde" and ours.msdiff.y_speed == 0.25 and ours.data.centered
+    assert ours.sampling.predictor == "euler_maruyama" and ours.msdiff.loss == "x"
     assert c.model.ema_rate == (0.999 if dataset == "digits" else 0.9999)
 
 

@@ -100,17 +100,26 @@ def _check_conditional_wiring(config, exp, params, images):
     sec = config.msdiff
     wired_fn = exp.eval_loss
 
-    def lib_fn(estimator):
+    def lib_fn(estimator, loss=None):
         s = sec.copy_and_resolve_references()
         s.estimator = estimator
+        if loss is not None:
+            s.loss = loss
         return conditional.get_conditional_loss(
-            s, exp.sde, get_score_fn(exp.sde, exp.model), image_size=16, channels=1)[0]
+            s, exp.sde, exp.score_fn, image_size=16, channels=1,
+            likelihood_weighting=config.training.likelihood_weighting)[0]
 
     other_name = "cmde" if sec.estimator == "cde" else "cde"
+    # the joint (x, y) loss (the reference's default) differs from its x-only option (CDE: same)
+    x_only = "x" if sec.get("loss", "x") == "joint" else "joint"
+    x_only = "x" if sec.estimator == "cde" else x_only
     both = _fjit(lambda p, k, x: (wired_fn(p, k, x)[0], lib_fn(sec.estimator)(p, k, x)[0],
-                                  lib_fn(other_name)(p, k, x)[0]))
-    wired, lib, other = (float(v) for v in both(params, key, images))
+                                  lib_fn(other_name)(p, k, x)[0],
+                                  lib_fn(sec.estimator, x_only)(p, k, x)[0]))
+    wired, lib, other, xpart = (float(v) for v in both(params, key, images))
     np.testing.assert_allclose(wired, lib, rtol=1e-6)
+    if sec.estimator != "cde":
+        assert abs(xpart - wired) > 1e-3 * wired, (xpart, wired)
     # the other estimator's y_t moves the network output, but a mean over 4 x 256 squared errors
     # barely changes (~1e-4 relative): still 20x the tolerance above
     assert abs(other - wired) > 2e-5 * wired, (other, wired)

@@ -206,7 +206,8 @@ def _loss_fn(config, ms_setup: MSDiffSetup, sde, score_fn, *, train: bool) -> Ca
 def conditional_sampler(config, sde, score_fn, num_samples: int):
     """``(sample(params, key, y) -> (x, nfe), estimator)``: the estimator's PC sampler of
     ``x | y`` with ``config.sampling`` (``predictor``, ``corrector``, ``snr``, ``n_steps_each``,
-    ``num_steps`` (0: ``sde.N``), ``noise_removal``, ``eps``) and ``config.msdiff.resample_y``.
+    ``num_steps`` (0: ``sde.N``), ``noise_removal``, ``eps``) and ``config.msdiff.y_path``
+    (``resample_y`` for a section without it). VS-CMDE samples with its target ``sigma_max_y``.
 
     Args:
       config: a conditional msdiff config.
@@ -217,13 +218,15 @@ def conditional_sampler(config, sde, score_fn, num_samples: int):
     sec = _section(config)
     if sec is None or sec.mode != "conditional":
         raise ValueError("conditional_sampler needs config.msdiff.mode='conditional'")
-    est = conditional.get_estimator(sec.estimator, sde, y_speed=float(sec.y_speed))
+    est = conditional.section_estimator(sec, sde)
     c = int(config.data.num_channels)
     cond_score = conditional.concat_conditional(score_fn, c)
     s = config.sampling
     size = int(config.data.image_size)
     sampler = est.pc_sampler(cond_score, (int(num_samples), size, size, c),
-                             num_steps=s.num_steps or sde.N, resample_y=bool(sec.resample_y),
+                             num_steps=s.num_steps or sde.N,
+                             resample_y=bool(sec.get("resample_y", True)),
+                             y_path=sec.get("y_path", None),
                              **_pc_options(est.pc_sampler, s))
     return sampler, est
 
@@ -386,7 +389,7 @@ def multiscale_sample(config, workdir: str, stage_workdirs: Sequence[str] | None
     n = int(num_samples or config.sampling.num_samples)
     smp = config.sampling
     sampler = multiscale.multiscale_sampler(
-        ms, fns, n, num_steps=smp.num_steps or ms.base.N, handoff=sec.get("handoff", "noisy"),
+        ms, fns, n, num_steps=smp.num_steps or ms.base.N, handoff=sec.get("handoff", "mean"),
         **_pc_options(multiscale.multiscale_sampler, smp))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2000 + sum(steps))
     x, nfe = sampler(tuple(params), key)

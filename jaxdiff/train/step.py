@@ -65,7 +65,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     """The pure train step.
 
     Args:
-      loss_fn: ``loss_fn(params, key, batch) -> (loss, aux)``.
+      loss_fn: ``loss_fn(params, key, batch) -> (loss, aux)``; with an attribute
+        ``takes_step = True`` it is called as ``loss_fn(params, key, batch, step=state.step)``.
       optimizer: an optax transformation (``config.optim``).
       ema_rate, ema_warmup: the EMA of the parameters.
 
@@ -78,10 +79,15 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
       The PRNG key of the state is split once per update.
     """
 
+    # a loss whose schedule depends on the training step (VS-CMDE's sigma_max_y) says so with
+    # ``loss_fn.takes_step = True`` and gets the step explicitly: ``loss_fn(..., step=step)``
+    step_kw = bool(getattr(loss_fn, "takes_step", False))
+
     def one(state: TrainState, batch):
         rng, step_key = jax.random.split(state.rng)
+        kw = {"step": state.step} if step_kw else {}
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_key,
-                                                                     batch)
+                                                                     batch, **kw)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, ema_rate, state.step, warmup=ema_warmup)
