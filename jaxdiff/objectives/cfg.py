@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff import losses as losses_lib
 from jaxdiff.analytic import GaussianMixture
@@ -246,8 +247,8 @@ def mixture_cond_score(class_mixtures: Sequence[GaussianMixture], sde,
     dims = {m.dim for m in mixtures}
     if len(dims) != 1:
         raise ValueError(f"class mixtures have different dimensions {sorted(dims)}")
-    cw = jnp.full((k,), 1.0 / k) if class_weights is None else jnp.asarray(class_weights)
-    if cw.shape != (k,) or bool(jnp.any(cw < 0)):
+    cw = np.full((k,), 1.0 / k) if class_weights is None else np.asarray(class_weights, float)
+    if cw.shape != (k,) or bool(np.any(cw < 0)):
         raise ValueError(f"class_weights must be {k} non-negative numbers, got {class_weights!r}")
     cw = cw / cw.sum()
     uncond = GaussianMixture(
