@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxdiff.analytic import GaussianMixture  # noqa: E402
 from jaxdiff.eval.distances import sliced_wasserstein  # noqa: E402
 from jaxdiff.samplers.registry import get_sampler, num_steps_for_nfe  # noqa: E402
+from jaxdiff.samplers.schedule import marginal_lambda, time_grid  # noqa: E402
 from jaxdiff.sde import VESDE, VPSDE  # noqa: E402
 
 NFES = (5, 10, 20, 50, 100, 1000)
@@ -331,6 +332,277 @@ def peer(nfes, n2, n64, seed=0):
     sys.stdout.flush()
 
 
+# ---- 5. --peer diffusers: every sampler with a diffusers counterpart, error vs the exact flow map --
+PEER_NFES = (5, 8, 10, 15, 20, 30, 50)
+GRID_CANDIDATES = ("logsnr", "time_uniform", "time_quadratic", "karras", "trailing")
+
+
+class Problem:
+    """A Gaussian mixture (full eigen-form, or diagonal when ``eigvecs is None``) with its exact
+    perturbed score in jax and torch, exact samples and the exact probability-flow map.
+
+    The probability-flow ODE in the scaled state ``x~ = x / alpha`` and noise level ``s = sigma /
+    alpha`` is the same for every schedule (``dx~/ds = -s score_s(x~)``), so the exact map from a
+    start level ``s0`` to ``s = 0`` is one function of ``(x~, s0)``: computed here by 600 steps of
+    DPM-Solver++(3M) in float64 (log-SNR grid down to ``s = 1e-5``, then the Tweedie denoise; its
+    own error is below 1e-6, checked against 1200 steps).
+    """
+
+    def __init__(self, name, log_w, means, eigvals, eigvecs=None, event_shape=None, n=256,
+                 n_sw=1000):
+        self.name, self.n, self.n_sw = name, n, n_sw
+        self.log_w = np.asarray(log_w, np.float64)
+        self.means = np.asarray(means, np.float64)
+        self.eigvals = np.asarray(eigvals, np.float64)
+        self.eigvecs = None if eigvecs is None else np.asarray(eigvecs, np.float64)
+        self.dim = self.means.shape[1]
+        self.event_shape = tuple(event_shape or (self.dim,))
+
+    # score of alpha x0 + sigma z at x (flat (B, D)), alpha / sigma scalars
+    def score_jax(self, x, alpha, sigma):
+        dt = x.dtype
+        means, lam = jnp.asarray(self.means, dt), jnp.asarray(self.eigvals, dt)
+        lam = alpha**2 * lam + sigma**2
+        diff = x[:, None, :] - alpha * means[None]
+        if self.eigvecs is None:
+            proj = diff
+        else:
+            proj = jnp.einsum("kdj,bkd->bkj", jnp.asarray(self.eigvecs, dt), diff)
+        logn = -0.5 * (jnp.sum(proj**2 / lam, -1) + jnp.sum(jnp.log(lam), -1))
+        resp = jax.nn.softmax(jnp.asarray(self.log_w, dt) + logn, axis=-1)
+        comp = proj / lam
+        if self.eigvecs is not None:
+            comp = jnp.einsum("kdj,bkj->bkd", jnp.asarray(self.eigvecs, dt), comp)
+        return -jnp.einsum("bk,bkd->bd", resp, comp)
+
+    def score_fn(self, sde):
+        def score_fn(params, x, t):
+            del params
+            alpha, sigma = sde.marginal_coeffs(jnp.asarray(t).reshape(-1)[0])
+            flat = x.reshape(x.shape[0], -1)
+            return self.score_jax(flat, alpha.astype(x.dtype), sigma.astype(x.dtype)).reshape(x.shape)
+        return score_fn
+
+    def torch_score(self):
+        import torch
+
+        means = torch.tensor(self.means, dtype=torch.float32)
+        eigvals = torch.tensor(self.eigvals, dtype=torch.float32)
+        eigvecs = None if self.eigvecs is None else torch.tensor(self.eigvecs, dtype=torch.float32)
+        logw = torch.tensor(self.log_w, dtype=torch.float32)
+
+        def score(x, alpha, sigma):  # x: (B, *event) float32 torch, alpha / sigma floats
+            shape = x.shape
+            x = x.reshape(shape[0], -1)
+            lam = alpha**2 * eigvals + sigma**2
+            diff = x[:, None, :] - alpha * means[None]
+            proj = diff if eigvecs is None else torch.einsum("kdj,bkd->bkj", eigvecs, diff)
+            logn = -0.5 * ((proj**2 / lam).sum(-1) + torch.log(lam).sum(-1))
+            resp = torch.softmax(logw + logn, dim=-1)
+            comp = proj / lam
+            if eigvecs is not None:
+                comp = torch.einsum("kdj,bkj->bkd", eigvecs, comp)
+            return (-torch.einsum("bk,bkd->bd", resp, comp)).reshape(shape)
+
+        return score
+
+    def sample(self, key, n):
+        kc, kz = jax.random.split(key)
+        comp = jax.random.categorical(kc, jnp.asarray(self.log_w), shape=(n,))
+        z = jax.random.normal(kz, (n, self.dim)) * jnp.sqrt(jnp.asarray(self.eigvals, jnp.float32))[comp]
+        if self.eigvecs is not None:
+            z = jnp.einsum("bdj,bj->bd", jnp.asarray(self.eigvecs, jnp.float32)[comp], z)
+        return (jnp.asarray(self.means, jnp.float32)[comp] + z).reshape((n,) + self.event_shape)
+
+    def flow_map(self, xs, s0, steps=600):
+        """Exact flow map ``x~ at s0 -> x0`` (float64) of flat ``xs`` (B, D)."""
+        from jaxdiff.samplers.dpm_solver import dpm_solver_pp_integrate
+
+        with jax.enable_x64(True):
+            sde = VESDE(sigma_min=1e-5, sigma_max=float(s0))
+            xs = jnp.asarray(np.asarray(xs, np.float64))
+            score_fn = self.score_fn(sde)
+            ts = time_grid(sde, steps, grid="logsnr", eps=1e-9, dtype=jnp.float64)
+            y, _ = jax.jit(lambda x: dpm_solver_pp_integrate(sde, score_fn, None, x, ts, order=3))(xs)
+            s_end = float(sde.marginal_coeffs(ts[-1])[1])
+            y = y + s_end**2 * score_fn(None, y, ts[-1])
+            return np.asarray(y)
+
+
+def peer_problems(scale=1.0):
+    """2-D and 64-D mixtures (full covariances) and 3x8x8 / 3x32x32 mixture images (diagonal)."""
+    m2, m64 = mixture_2d(), mixture_64d()
+    probs = [Problem("2-D", m2.log_weights, m2.means, m2.eigvals, m2.eigvecs,
+                     n=int(512 * scale), n_sw=int(4000 * scale)),
+             Problem("64-D", m64.log_weights, m64.means, m64.eigvals, m64.eigvecs,
+                     n=int(256 * scale), n_sw=int(1000 * scale))]
+    rng = np.random.default_rng(3)
+    for hw, n, n_sw in ((8, 128, 500), (32, 16, 200)):
+        k, d = 4, 3 * hw * hw
+        # smooth random "images" in [-1, 1] as means, per-pixel stds 0.05 .. 0.3
+        yy, xx = np.meshgrid(np.linspace(0, 1, hw), np.linspace(0, 1, hw), indexing="ij")
+        means = []
+        for _ in range(k):
+            c = [np.sin(2 * np.pi * (rng.uniform(0.5, 2) * xx + rng.uniform(0.5, 2) * yy
+                                     + rng.uniform())) for _ in range(3)]
+            means.append(0.8 * np.stack(c, -1).reshape(-1))
+        stds = rng.uniform(0.05, 0.3, size=(k, d))
+        probs.append(Problem(f"3x{hw}x{hw}", np.log(rng.uniform(0.5, 1.5, k) / 4.0),
+                             np.stack(means), stds**2, None, (hw, hw, 3),
+                             n=max(4, int(n * scale)), n_sw=max(8, int(n_sw * scale))))
+    return probs
+
+
+# (label, jaxdiff registry name, jaxdiff options, diffusers scheduler, its options, kind)
+# kind: 'vp' (timesteps on alphas_cumprod), 'sigma' (Euler / Heun on Karras sigmas); the
+# diffusers options are its defaults but for clip_sample=False (DDIM's default clips to [-1, 1])
+PEER_SAMPLERS = [
+    ("DDIM", "ddim", {}, "DDIMScheduler", {"clip_sample": False}, "vp"),
+    ("Euler (Karras) vs DDIM", "ddim", {}, "EulerDiscreteScheduler",
+     {"use_karras_sigmas": True}, "sigma"),
+    ("DPM++ 2M", "dpm_solver++_2m", {}, "DPMSolverMultistepScheduler", {}, "vp"),
+    ("DPM++ 3M", "dpm_solver++_3m", {}, "DPMSolverMultistepScheduler", {"solver_order": 3}, "vp"),
+    ("Heun (Karras) / EDM", "edm", {}, "HeunDiscreteScheduler", {"use_karras_sigmas": True},
+     "sigma"),
+    ("UniPC (bh2, 2)", "unipc", {}, "UniPCMultistepScheduler", {}, "vp"),
+    ("2M SDE", "dpm_solver++_2m_sde", {}, "DPMSolverMultistepScheduler",
+     {"algorithm_type": "sde-dpmsolver++"}, "vp"),
+]
+STOCHASTIC = {"2M SDE"}
+
+
+def _diffusers_run(cls_name, opts, kind, nfe, x_T, score_t, seed=0):
+    """Run a diffusers scheduler (default config but ``opts``) with the exact score for ``nfe``
+    score calls from the VP-state prior draw ``x_T`` (numpy). Returns (x0, calls, wall s)."""
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, cls_name)
+    sch = cls(**opts)
+    steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
+    sch.set_timesteps(steps)
+    ac = sch.alphas_cumprod.to(torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.tensor(np.asarray(x_T, np.float32))
+    step_kw = {"generator": g} if "sde" in str(opts.get("algorithm_type", "")) else {}
+    calls = 0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if kind == "sigma":
+            x = x * float(torch.sqrt(1.0 / ac[-1]))  # x~ = x_T / alpha_T, alpha_T of step 999
+        for t in sch.timesteps:
+            if kind == "vp":
+                a = float(ac[int(t)]) ** 0.5
+                s = (1.0 - float(ac[int(t)])) ** 0.5
+                xin = x
+            else:
+                xin = sch.scale_model_input(x, t)
+                sig = float(sch.sigmas[sch.step_index])
+                a = 1.0 / math.sqrt(1.0 + sig**2)
+                s = sig * a
+            eps = -s * score_t(xin, a, s)
+            calls += 1
+            x = sch.step(eps, t, x, **step_kw).prev_sample
+    return x.numpy(), calls, time.perf_counter() - t0
+
+
+def _jax_run(name, opts, prob, sde, nfe, key):
+    """jaxdiff sampler ``name`` (its defaults but ``opts``, ``denoise=True``: output at t = 0) at
+    ``nfe`` score calls: (x0, nfe used, wall s of a second, compiled call)."""
+    opts = dict(opts)
+    opts.setdefault("denoise", True)
+    steps = num_steps_for_nfe(name, nfe, **opts)
+    sample = get_sampler(name, sde, prob.score_fn(sde), (prob.n if name not in ("dpm_solver++_2m_sde",)
+                                                      else prob.n_sw,) + prob.event_shape,
+                         num_steps=steps, **opts)
+    jax.block_until_ready(sample(None, key))
+    (x, used), wall = timed(sample, None, key, reps=1)
+    return np.asarray(x), int(used), wall
+
+
+def _rmse(x, y):
+    return float(np.sqrt(np.mean((np.asarray(x, np.float64).reshape(len(x), -1)
+                                  - np.asarray(y, np.float64).reshape(len(y), -1)) ** 2)))
+
+
+def peer_diffusers(nfes=PEER_NFES, scale=1.0, seed=0, grids=None, only=None, problems=None):
+    """The ``--peer diffusers`` table; with ``grids`` (names) print jaxdiff's error per grid
+    instead (how the default grids were chosen)."""
+    try:
+        import diffusers
+        import torch
+    except ImportError as e:
+        print(f"\n### Peer comparison skipped: {e} (pip install -e '.[bench]')")
+        return
+    torch.set_num_threads(1)
+    sde = VPSDE()
+    ac = diffusers.DDPMScheduler().alphas_cumprod.to(torch.float64)
+    s0_diff = float(torch.sqrt(1.0 / ac[-1] - 1.0))
+    s0_jax = float(jnp.exp(-marginal_lambda(sde, jnp.asarray(sde.T, jnp.float32))))
+    print(f"\n### Peer: diffusers {diffusers.__version__} (PyTorch {torch.__version__}, CPU, 1 "
+          f"thread) vs jaxdiff ({jax.default_backend()}); VP SDE beta 0.1..20 (diffusers: DDPM "
+          f"linear betas 1e-4..0.02, its defaults); both start from the same prior draw x_T ~ "
+          f"N(0, I) at their top noise level (sigma/alpha = {s0_jax:.1f} jaxdiff, {s0_diff:.1f} "
+          f"diffusers) and integrate to t = 0. Error: RMSE against the exact flow map from that "
+          f"level (2M SDE: sliced Wasserstein to exact samples, with its noise floor). jaxdiff: "
+          f"its default grid, denoise=True (the last of the NFE is the Tweedie step). ratio = "
+          f"jaxdiff / diffusers error; wall = jaxdiff / diffusers loop time (jit excluded).\n")
+    rows = []
+    for prob in peer_problems(scale):
+        if problems and prob.name not in problems:
+            continue
+        key = jax.random.key(seed)
+        score_t = prob.torch_score()
+        x_T = np.asarray(jax.random.normal(jax.random.split(key)[0], (prob.n,) + prob.event_shape))
+        flat = x_T.reshape(prob.n, -1)
+        alpha_T = float(jnp.exp(sde.log_mean_coeff(jnp.asarray(sde.T))))
+        ref_jax = prob.flow_map(flat / alpha_T, s0_jax)
+        ref_diff = prob.flow_map(flat / float(torch.sqrt(ac[-1])), s0_diff)
+        x_T_sw = np.asarray(jax.random.normal(jax.random.split(key)[0], (prob.n_sw,) + prob.event_shape))
+        exact = prob.sample(jax.random.fold_in(key, 1), prob.n_sw).reshape(prob.n_sw, -1)
+        floor = float(np.mean([sw(prob.sample(jax.random.fold_in(key, 2 + i), prob.n_sw)
+                                  .reshape(prob.n_sw, -1), exact) for i in range(3)]))
+        print(f"- {prob.name}: n = {prob.n} (flow map), {prob.n_sw} (SW); SW noise floor "
+              f"{floor:.4f}", flush=True)
+        for label, name, jopts, cls_name, dopts, kind in PEER_SAMPLERS:
+            if only and label not in only:
+                continue
+            if grids and label.startswith("Euler"):
+                continue
+            stoch = label in STOCHASTIC
+            for nfe in nfes:
+                if grids:
+                    cells = []
+                    for g in grids:
+                        try:
+                            x, used, _ = _jax_run(name, {**jopts, "grid": g}, prob, sde, nfe, key)
+                        except ValueError as e:
+                            cells.append(f"{g}: -({e})"[:40])
+                            continue
+                        err = (sw(jnp.asarray(x.reshape(len(x), -1)), exact) if stoch
+                               else _rmse(x, ref_jax))
+                        cells.append(f"{g}: {err:.3e}")
+                    print(f"  {label} NFE {nfe}: " + ", ".join(cells), flush=True)
+                    continue
+                xj, nj, wj = _jax_run(name, jopts, prob, sde, nfe, key)
+                xd, nd, wd = _diffusers_run(cls_name, dopts, kind, nfe,
+                                            x_T_sw if stoch else x_T, score_t, seed)
+                if stoch:
+                    ej = sw(jnp.asarray(xj.reshape(len(xj), -1)), exact)
+                    ed = sw(jnp.asarray(xd.reshape(len(xd), -1)), exact)
+                else:
+                    ej, ed = _rmse(xj, ref_jax), _rmse(xd, ref_diff)
+                rows.append([prob.name, label, nfe, f"{ej:.3e}" + ("" if nj == nfe else f" ({nj})"),
+                             f"{ed:.3e}" + ("" if nd == nfe else f" ({nd})"), f"{ej / ed:.2f}",
+                             f"{wj / wd:.2f}"])
+                print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
+    if rows:
+        print()
+        print(fmt_table(["problem", "sampler", "NFE", "jaxdiff error", "diffusers error",
+                         "ratio", "wall ratio"], rows))
+    sys.stdout.flush()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
@@ -338,7 +610,24 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n2", type=int, default=None, help="samples, 2-D mixture (default 8000)")
     p.add_argument("--n64", type=int, default=None, help="samples, 64-D mixture (default 2000)")
+    p.add_argument("--peer", choices=["diffusers"], default=None,
+                   help="only the comparison with diffusers at NFE 5..50 on four problems")
+    p.add_argument("--scale", type=float, default=1.0, help="--peer: sample-count factor")
+    p.add_argument("--grids", default=None,
+                   help="--peer: comma-separated grids: print jaxdiff's error per grid instead")
+    p.add_argument("--only", default=None, help="--peer: comma-separated sampler labels")
+    p.add_argument("--problems", default=None, help="--peer: comma-separated problem names")
+    p.add_argument("--nfes", default=None, help="--peer: comma-separated NFEs")
     a = p.parse_args(argv)
+    if a.peer == "diffusers":
+        print(f"# jaxdiff vs diffusers: command: python bench/samplers.py "
+              f"{' '.join(sys.argv[1:] if argv is None else argv)}")
+        t0 = time.time()
+        split = lambda v: v.split(",") if v else None  # noqa: E731
+        peer_diffusers(tuple(int(k) for k in a.nfes.split(",")) if a.nfes else PEER_NFES,
+                       a.scale, a.seed, split(a.grids), split(a.only), split(a.problems))
+        print(f"\n(total {time.time() - t0:.0f} s)")
+        return
     sections = set(a.sections.split(","))
     nfes = (5, 10, 20) if a.quick else NFES
     n2, n64 = (1000, 500) if a.quick else (8000, 2000)

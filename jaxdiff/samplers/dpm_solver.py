@@ -20,8 +20,9 @@ Solvers:
   * ``method='singlestep'``, ``order`` 1, 2, 3: DPM-Solver++(1), (2S) (``r1 = 1/2``), and the
     third-order single-step solver (``r1 = 1/3, r2 = 2/3``); ``order`` evaluations per step.
 
-Time grids (``grid``): ``'logsnr'`` (uniform in ``lambda``, the paper's default for few steps),
-``'time_uniform'``, ``'time_quadratic'``, ``'karras'`` (EDM's ``rho`` schedule in ``sigma/alpha``),
+Time grids (``grid``): ``'time_quadratic'`` (uniform in ``sqrt(t)``, the default: measured
+against the others and diffusers in docs/samplers.md), ``'logsnr'`` (uniform in ``lambda``, the
+paper's choice), ``'time_uniform'``, ``'karras'`` (EDM's ``rho`` schedule in ``sigma/alpha``),
 ``'trailing'`` (diffusers' spacing) or an explicit descending array of times (see
 :func:`~jaxdiff.samplers.schedule.time_grid`).
 
@@ -238,7 +239,7 @@ def dpm_solver_pp_nfe(num_steps: int, *, order: int = 2, method: str = "multiste
 
 
 def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
-                          order: int = 2, method: str = "multistep", grid="logsnr",
+                          order: int = 2, method: str = "multistep", grid="time_quadratic",
                           rho: float = 7.0, eps: float = 1e-3, T: float | None = None,
                           lower_order_final: bool = True, third_order: str = "jaxdiff",
                           denoise: bool = False, dtype=jnp.float32, sharding=None):

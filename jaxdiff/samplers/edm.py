@@ -131,7 +131,7 @@ def edm_nfe(num_steps: int, *, denoise: bool = True, **_) -> int:
 def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, rho: float = 7.0,
                 s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float("inf"),
                 s_noise: float = 1.0, eps: float = 1e-3, T: float | None = None,
-                grid="karras", denoise: bool = True, dtype=jnp.float32, sharding=None):
+                grid="time_uniform", denoise: bool = True, dtype=jnp.float32, sharding=None):
     """EDM Heun sampler for a VP, sub-VP or VE SDE.
 
     The noise levels run from ``sigma~(T)`` to ``sigma~(eps)`` (``sigma~ = sigma / alpha``) on the
@@ -147,8 +147,10 @@ def edm_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 18, r
       rho: schedule exponent (7 in EDM).
       s_churn, s_tmin, s_tmax, s_noise: stochastic churn (``s_churn = 0``: deterministic Alg. 1).
       eps, T: times of the smallest and largest noise level.
-      grid: where the noise levels sit: ``'karras'`` (default, EDM's ``rho`` schedule in
-        ``sigma~``), any other name of :data:`~jaxdiff.samplers.schedule.GRIDS` (the levels
+      grid: where the noise levels sit: ``'time_uniform'`` (default since issue 15: the levels
+        ``sigma~(t)`` at uniform times, measured 2-4x more accurate than EDM's schedule from
+        ``sigma~(T) ~ 152`` at 10-50 NFE, docs/samplers.md), ``'karras'`` (EDM's ``rho`` schedule
+        in ``sigma~``), any other name of :data:`~jaxdiff.samplers.schedule.GRIDS` (the levels
         ``sigma~(t)`` at the times of :func:`~jaxdiff.samplers.schedule.time_grid`; ``'karras'``
         there is the same schedule), or an explicit array of strictly descending times in ``(0,
         T]``: ``num_steps`` of them with ``denoise=True`` (the zero level is appended),

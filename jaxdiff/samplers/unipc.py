@@ -29,9 +29,9 @@ references apply it for every step count). Deliberate differences:
 * ``g_k(hh)`` is evaluated by its Taylor series ``sum_{j > k} hh^(j-k) / j!`` for ``|h| < 1``
   instead of the recursion, which cancels catastrophically for small ``h`` in float32 (same
   values to rounding; the recursion is used for ``|h| >= 1``).
-* The grid is continuous time ending at ``eps`` (``grid=``, default ``'logsnr'``), not diffusers'
-  discrete timesteps ending at ``sigma = 0``; ``denoise=True`` adds the final data prediction
-  (diffusers' ``final_sigmas_type='zero'`` last step / the original's ``denoise_to_zero``).
+* The grid is continuous time ending at ``eps`` (``grid=``, default ``'time_quadratic'``, chosen
+  by measurement: docs/samplers.md), not diffusers' discrete timesteps ending at ``sigma =
+  0``; ``denoise=True`` adds the final data prediction (diffusers' ``final_sigmas_type='zero'`` last step / the original's ``denoise_to_zero``).
 * Only the data-prediction form (``predict_x0=True``) and no thresholding / ``solver_p``.
 * ``corrector=False`` runs UniP alone (diffusers' ``disable_corrector`` for every step).
 """
@@ -217,7 +217,7 @@ def unipc_nfe(num_steps: int, *, denoise: bool = False, **_) -> int:
 
 def unipc_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20, order: int = 2,
                   variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True,
-                  grid="logsnr", rho: float = 7.0, eps: float = 1e-3, T: float | None = None,
+                  grid="time_quadratic", rho: float = 7.0, eps: float = 1e-3, T: float | None = None,
                   denoise: bool = False, dtype=jnp.float32, sharding=None):
     """UniPC sampler: prior noise at ``T``, probability-flow ODE down to ``eps`` (module docstring).
 
