@@ -31,7 +31,8 @@ references apply it for every step count). Deliberate differences:
   values to rounding; the recursion is used for ``|h| >= 1``).
 * The grid is continuous time ending at ``eps`` (``grid=``, default ``'time_quadratic'``, chosen
   by measurement: docs/samplers.md), not diffusers' discrete timesteps ending at ``sigma =
-  0``; ``denoise=True`` adds the final data prediction (diffusers' ``final_sigmas_type='zero'`` last step / the original's ``denoise_to_zero``).
+  0``; ``denoise=True`` adds the final data prediction (diffusers' ``final_sigmas_type='zero'``
+  last step / the original's ``denoise_to_zero``).
 * Only the data-prediction form (``predict_x0=True``) and no thresholding / ``solver_p``.
 * ``corrector=False`` runs UniP alone (diffusers' ``disable_corrector`` for every step).
 """
