@@ -229,7 +229,11 @@ def test_super_resolution_like_ode_and_colorization():
     xc = xc.reshape(B, 3)
     sw, floor = sw_and_floor(cpost, xc)
     assert sw < 2.5 * floor, (sw, floor)
-    np.testing.assert_allclose(fractions(cpost, xc), cpost.weights, atol=0.05)
+    # replacement is biased towards the prior weights 0.5 / 0.5 (see
+    # test_replacement_bias_and_smc_correction): measured 0.47 (projection after the predictor
+    # only) / 0.49 (also after the corrector, the default) over 4 keys against the exact 0.448;
+    # the tolerance is that bias plus 4 standard errors of a fraction of B = 1000 (0.016)
+    np.testing.assert_allclose(fractions(cpost, xc), cpost.weights, atol=0.045 + 4 * 0.016)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.inverse.consistency import _check_obs, consistency_transform, init_from_prior
+from jaxdiff.inverse.consistency import _check_obs, consistency_transform, consistent_pc_step, init_from_prior
 from jaxdiff.inverse.observation import Estimate
 from jaxdiff.samplers.base import keep_dtype
 from jaxdiff.samplers.pc import constrain, pc_loop, pc_step
@@ -31,7 +31,7 @@ def ccdf_sampler(sde, score_fn, shape: tuple[int, ...], *, t0: float,
                  predictor="reverse_diffusion", corrector="langevin", snr: float = 0.16,
                  n_corrector_steps: int = 1, num_steps: int | None = None,
                  noise_removal: bool = True, eps: float = 1e-3, dtype=jnp.float32,
-                 sharding=None):
+                 sharding=None, consistency_after_corrector: bool = True):
     """CCDF sampler.
 
     Args:
@@ -39,8 +39,8 @@ def ccdf_sampler(sde, score_fn, shape: tuple[int, ...], *, t0: float,
       score_fn: ``score_fn(params, x, t)`` of the prior.
       shape: ``(B, *event_shape)``.
       t0: start time in ``(eps, T]``; ``t0 = T`` is the full run from a diffused estimate.
-      predictor, corrector, snr, n_corrector_steps, noise_removal, eps, dtype, sharding: as
-        :func:`jaxdiff.inverse.consistency.pc_inverse_sampler`.
+      predictor, corrector, snr, n_corrector_steps, noise_removal, eps, dtype, sharding,
+        consistency_after_corrector: as :func:`jaxdiff.inverse.consistency.pc_inverse_sampler`.
 
     Returns:
       ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` an
@@ -75,7 +75,11 @@ def ccdf_sampler(sde, score_fn, shape: tuple[int, ...], *, t0: float,
         transform = (None if op is None else
                      consistency_transform(sde, op, y, cond.obs.lam,
                                            has_predictor=predictor is not None))
-        x, x_mean = pc_loop(step, params, k_loop, x, timesteps, sharding=sharding,
+        run_step = step if op is None else consistent_pc_step(
+            sde, keep_dtype(score_fn), op, y, cond.obs.lam, predictor=predictor,
+            corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps,
+            after_corrector=consistency_after_corrector)
+        x, x_mean = pc_loop(run_step, params, k_loop, x, timesteps, sharding=sharding,
                             transform=transform)
         return (x_mean if noise_removal else x), jnp.asarray(nfe, jnp.int32)
 

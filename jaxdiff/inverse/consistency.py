@@ -7,6 +7,10 @@ pushed through the forward SDE (``x_s = alpha(s) x_0 + sigma(s) z`` implies ``A 
 
     x <- x + lam A^+ (y_s - A x).
 
+With a corrector the same projection also runs after the corrector, before the predictor, at the
+corrector's time ``t`` (score_sde's ``controllable_generation`` replaces the known pixels after
+both updates; :func:`consistent_pc_step`; ``consistency_after_corrector=False`` turns it off).
+
 With a :class:`~jaxdiff.inverse.linear.Mask` this is the inpainting of Song et al. 2021 (known
 pixels replaced by forward-marginal samples). Initialisation is the prior draw ``x_T = std(T) z``
 projected with ``y_T`` built from the *same* ``z``, i.e. the known part is exactly the forward
@@ -30,11 +34,13 @@ from jaxdiff.inverse.observation import check_observation
 from jaxdiff.samplers.base import keep_dtype
 from jaxdiff.samplers.ode import solve_ode
 from jaxdiff.samplers.pc import constrain, pc_loop, pc_step
+from jaxdiff.samplers.predictors import Step
 from jaxdiff.sde import batch_broadcast
 
 Array = jax.Array
 
-__all__ = ["observation_at", "consistency_transform", "pc_inverse_sampler", "ode_inverse_sampler",
+__all__ = ["observation_at", "consistency_transform", "consistent_pc_step", "pc_inverse_sampler",
+           "ode_inverse_sampler",
            "reverse_with_consistency", "init_from_prior"]
 
 
@@ -79,6 +85,36 @@ def consistency_transform(sde, op, y: Array, lam=1.0, *, has_predictor: bool = T
     return transform
 
 
+def consistent_pc_step(sde, score_fn, op, y: Array, lam=1.0, *, predictor="reverse_diffusion",
+                       corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
+                       after_corrector: bool = True) -> Step:
+    """:func:`jaxdiff.samplers.pc_step` (corrector, then predictor, at time ``t``) with data
+    consistency between the two: after the corrector the state is projected onto
+    ``A x = y_t = alpha(t) y + sigma(t) A z`` (fresh ``z``, the corrector's own time ``t``), so the
+    predictor sees the observed part at its forward marginal, as score_sde's
+    ``controllable_generation`` (``get_inpaint_update_fn`` wraps both the corrector and the
+    predictor update). The projection after the predictor is :func:`consistency_transform`.
+    ``after_corrector=False`` (or no predictor / no corrector) is the plain ``pc_step``.
+    Call inside ``jit`` (``op`` and ``y`` are traced values of the call).
+    """
+    step = pc_step(sde, score_fn, predictor=predictor, corrector=corrector, snr=snr,
+                   n_corrector_steps=n_corrector_steps)
+    if not after_corrector or predictor is None or corrector is None:
+        return step
+    corr = pc_step(sde, score_fn, predictor=None, corrector=corrector, snr=snr,
+                   n_corrector_steps=n_corrector_steps)
+    pred = pc_step(sde, score_fn, predictor=predictor, corrector=None)
+
+    def update(params, key, x, t):
+        kc, kz, kp = jax.random.split(key, 3)
+        x, _ = corr.update(params, kc, x, t)
+        z = jax.random.normal(kz, x.shape, x.dtype)
+        x = op.project(x, observation_at(sde, op, y, t, z), lam)
+        return pred.update(params, kp, x, t)
+
+    return Step(update, step.nfe)
+
+
 def init_from_prior(sde, op, y: Array, key: Array, shape, dtype, t=None, x_hat=None):
     """Start of a reverse run at time ``t`` (default ``T``).
 
@@ -120,7 +156,8 @@ def reverse_with_consistency(step, sde, op, params, key, x, y, timesteps, *, lam
 def pc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="reverse_diffusion",
                        corrector="langevin", snr: float = 0.16, n_corrector_steps: int = 1,
                        num_steps: int | None = None, noise_removal: bool = True,
-                       eps: float = 1e-3, dtype=jnp.float32, sharding=None):
+                       eps: float = 1e-3, dtype=jnp.float32, sharding=None,
+                       consistency_after_corrector: bool = True):
     """Predictor-corrector sampler of ``p(x | A x = y)`` with a data-consistency step.
 
     Args:
@@ -132,6 +169,9 @@ def pc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="reve
       noise_removal: return the noise-free mean of the last update (projected onto ``A x = y``;
         score_sde's noise removal, no extra evaluation) instead of the noisy state.
       sharding: optional sharding of the ``(B, ...)`` state.
+      consistency_after_corrector: also project after the corrector, before the predictor
+        (:func:`consistent_pc_step`; score_sde's controllable_generation, default); ``False``:
+        only after each full corrector-predictor step.
 
     Returns:
       ``sample(params, key, cond) -> (x, nfe)``, jitted; ``cond`` an
@@ -155,7 +195,11 @@ def pc_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, predictor="reve
         x, _ = init_from_prior(sde, op, y, k_init, shape, dtype)
         x = constrain(x, sharding)
         timesteps = jnp.linspace(sde.T, eps, sde.N, dtype=dtype)
-        x, x_mean = reverse_with_consistency(step, sde, op, params, k_loop, x, y, timesteps,
+        step_c = consistent_pc_step(sde, keep_dtype(score_fn), op, y, obs.lam,
+                                    predictor=predictor, corrector=corrector, snr=snr,
+                                    n_corrector_steps=n_corrector_steps,
+                                    after_corrector=consistency_after_corrector)
+        x, x_mean = reverse_with_consistency(step_c, sde, op, params, k_loop, x, y, timesteps,
                                              lam=obs.lam, sharding=sharding,
                                              has_predictor=predictor is not None)
         return (x_mean if noise_removal else x), jnp.asarray(nfe, jnp.int32)

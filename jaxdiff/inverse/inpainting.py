@@ -29,7 +29,8 @@ def linear_inverse_sampler(sde, score_fn, shape: tuple[int, ...], *, method: str
       shape: ``(B, *event_shape)``.
       method: ``'pc'`` (:func:`~jaxdiff.inverse.consistency.pc_inverse_sampler`; keywords
         ``predictor, corrector, snr, n_corrector_steps, num_steps, noise_removal, eps, dtype,
-        sharding``)
+        sharding, consistency_after_corrector``: known entries are replaced after the corrector
+        and after the predictor, as score_sde's controllable_generation)
         or ``'ode'`` (:func:`~jaxdiff.inverse.consistency.ode_inverse_sampler`; keywords
         ``rtol, atol, solver, eps, dtype, sharding, max_steps``) or ``'smc'``
         (:func:`~jaxdiff.inverse.smc.smc_inverse_sampler`, asymptotically exact; the batch is the
