@@ -424,6 +424,8 @@ def config_section(*, end_times: Sequence[float] | None = None, levels: int | No
       handoff: ``'mean'`` (reference) or ``'noisy'`` (ours), see :func:`multiscale_sampler`.
 
     The likelihood weighting is ``config.training.likelihood_weighting`` (True in the reference).
+    A key left out means the reference's value, and only keys that differ from it are written
+    (``mode``, ``end_times`` and ``stage`` always are).
     """
     import ml_collections
     if end_times is None:
@@ -443,16 +445,21 @@ def config_section(*, end_times: Sequence[float] | None = None, levels: int | No
     if not float(log_snr_max) > float(log_snr_min):
         raise ValueError(f"config.msdiff.log_snr_max={log_snr_max} must exceed "
                          f"log_snr_min={log_snr_min}")
-    return ml_collections.ConfigDict(dict(
-        mode="multiscale", end_times=end_times, stage=int(stage), schedule=schedule,
-        log_snr_max=float(log_snr_max), log_snr_min=float(log_snr_min), handoff=handoff))
+    out = dict(mode="multiscale", end_times=end_times, stage=int(stage))
+    # the reference's values are what an absent key means: only other choices are written
+    for key, value, default in [("schedule", schedule, "log_snr"), ("handoff", handoff, "mean"),
+                                ("log_snr_max", float(log_snr_max), 10.0),
+                                ("log_snr_min", float(log_snr_min), -10.0)]:
+        if value != default:
+            out[key] = value
+    return ml_collections.ConfigDict(out)
 
 
 def base_sde(sec, sde: SDE) -> SDE:
     """The SDE every band runs at its speed: :class:`LogSNRVPSDE` for ``schedule='log_snr'``
     (with ``sde.N`` steps; ``sde`` is returned if it already is one), else ``sde``. A section
-    without a ``schedule`` key (older configs) keeps ``sde``."""
-    schedule = sec.get("schedule", "base")
+    without a ``schedule`` key means the reference's ``'log_snr'``."""
+    schedule = sec.get("schedule", "log_snr")
     if schedule not in SCHEDULES:
         raise ValueError(f"config.msdiff.schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "base" or isinstance(sde, LogSNRVPSDE):
@@ -466,7 +473,7 @@ def from_config(sec, base: SDE, image_size: int, channels: int) -> HaarMultiScal
     :func:`base_sde` of ``base``."""
     if sec.mode != "multiscale":
         raise ValueError(f"config.msdiff.mode must be 'multiscale', got {sec.mode!r}")
-    handoff = sec.get("handoff", "noisy")
+    handoff = sec.get("handoff", "mean")
     if handoff not in HANDOFFS:
         raise ValueError(f"config.msdiff.handoff must be one of {HANDOFFS}, got {handoff!r}")
     return HaarMultiScale.create(base_sde(sec, base), (image_size, image_size, channels),
