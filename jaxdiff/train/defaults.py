@@ -85,6 +85,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     evaluate.kid_subsets = 100
     evaluate.kid_subset_size = 1000
     evaluate.digits_classifier_steps = 300 # the digits-FID classifier (trained once, cached)
+    # conditional (msdiff) runs' --mode=eval metrics (jaxdiff.tasks.msdiff.ConditionalMetrics)
+    evaluate.conditional_diversity_samples = 3  # samples per observation (diversity; < 2: off)
+    evaluate.lpips_weights = ""            # local lpips state-dict file (jaxdiff.eval.lpips)
+    evaluate.lpips_net = "alex"            # 'alex' | 'vgg'
 
     # -- data
     config.data = data = ml_collections.ConfigDict()
