@@ -139,7 +139,7 @@ def test_loss_at_exact_velocity_equals_closed_form_minimum():
         xc = _points(jax.random.PRNGKey(6), 8)
         np.testing.assert_allclose(vel(None, xc, jnp.full((8,), 0.3)),
                                    _exact_velocity(mix, xc, 0.3), atol=1e-12)
-        loss_fn = flow.flow_matching_loss(vel, sde=sde)
+        loss_fn = jax.jit(flow.flow_matching_loss(vel, sde=sde))
         data = mix.sample(jax.random.PRNGKey(4), 20000)
         loss, aux = loss_fn(None, jax.random.PRNGKey(5), data)
         # Var(eps - x0 | x_t) = s^2 / ((1-t)^2 s^2 + t^2) per coordinate; mean over d, t ~ U(0, T)
@@ -151,7 +151,7 @@ def test_loss_at_exact_velocity_equals_closed_form_minimum():
         assert abs(float(loss) - closed) < 4 * se, (float(loss), closed, se)
         assert float(jnp.min(aux["t"])) >= 0 and float(jnp.max(aux["t"])) <= sde.T
         # a shifted velocity costs |c|^2 more (same draws)
-        shifted = flow.flow_matching_loss(lambda p, x, t: vel(p, x, t) + 0.3, sde=sde)
+        shifted = jax.jit(flow.flow_matching_loss(lambda p, x, t: vel(p, x, t) + 0.3, sde=sde))
         loss2, _ = shifted(None, jax.random.PRNGKey(5), data)
         assert abs(float(loss2 - loss) - 0.09) < 0.01
 
