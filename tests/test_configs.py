@@ -131,7 +131,7 @@ def test_msdiff_section_is_validated():
     with pytest.raises(ConfigError, match=r"config\.msdiff\.y_speed"):
         load_config(path, ["msdiff.y_speed=1.5"])
     ms = os.path.join(ROOT, "configs", "msdiff_multiscale.py")
-    assert tuple(load_config(ms).msdiff.end_times) == (0.3, 0.6)
+    assert tuple(load_config(ms).msdiff.end_times) == pytest.approx((1 / 3, 2 / 3))  # k/(L+1)
     with pytest.raises(ConfigError, match=r"config\.msdiff\.stage"):
         load_config(ms, ["msdiff.stage=3"])
     with pytest.raises(ConfigError, match=r"config\.msdiff\.end_times"):
@@ -194,16 +194,18 @@ def test_msdiff_conditional_variants(arg, estimator):
     assert c.model.ema_rate == (0.999 if dataset == "digits" else 0.9999)
 
 
-@pytest.mark.parametrize("size, dataset, end_times, ch_mult, batch", [
-    (32, "cifar10", (0.3, 0.6), (1, 2, 2, 2), 128),
-    (64, "celeb_a", (0.2, 0.45, 0.7), (1, 2, 2, 2), 128),
-    (128, "celeb_a", (0.15, 0.35, 0.6), (1, 1, 2, 2, 2), 64),
+@pytest.mark.parametrize("size, dataset, end_times, ours, ch_mult, batch", [
+    (32, "cifar10", (1 / 3, 2 / 3), (0.3, 0.6), (1, 2, 2, 2), 128),
+    (64, "celeb_a", (0.25, 0.5, 0.75), (0.2, 0.45, 0.7), (1, 2, 2, 2), 128),
+    (128, "celeb_a", (0.25, 0.5, 0.75), (0.15, 0.35, 0.6), (1, 1, 2, 2, 2), 64),
 ])
-def test_msdiff_multiscale_variants(size, dataset, end_times, ch_mult, batch):
+def test_msdiff_multiscale_variants(size, dataset, end_times, ours, ch_mult, batch):
+    # Default: the reference's T_k = k/(L+1); setting=ours: the hand-picked partition.
+    assert tuple(_variant("msdiff_multiscale", f"size={size},setting=ours").msdiff.end_times) == ours
     for stage in range(len(end_times) + 1):
         c = _variant("msdiff_multiscale", f"size={size},stage={stage}")
         assert (c.data.dataset, c.data.image_size, c.data.num_channels) == (dataset, size, 3)
-        assert tuple(c.msdiff.end_times) == end_times and c.msdiff.stage == stage
+        assert tuple(c.msdiff.end_times) == pytest.approx(end_times) and c.msdiff.stage == stage
         assert tuple(c.model.ch_mult) == ch_mult and c.training.batch_size == batch
         assert c.data.center_crop == (140 if dataset == "celeb_a" else 0)
         assert c.sampling.num_steps == 1000
@@ -216,7 +218,7 @@ def test_config_arg_defaults_lone_value_and_errors():
         "msdiff_conditional", "dataset=digits,task=sr,estimator=cmde").to_dict()
     assert _variant("msdiff_conditional", "cde").msdiff.estimator == "cde"       # lone value
     assert _variant("msdiff_multiscale", "2").msdiff.stage == 2
-    assert _variant("msdiff_multiscale").msdiff.end_times == (0.3, 0.6)
+    assert _variant("msdiff_multiscale").msdiff.end_times == pytest.approx((1 / 3, 2 / 3))
     with pytest.raises(ValueError, match="'datset' unknown"):
         _variant("msdiff_conditional", "datset=celeba")
     with pytest.raises(ValueError, match="task='sr4'"):

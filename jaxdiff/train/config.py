@@ -89,7 +89,8 @@ def _check_msdiff(sec, config) -> None:
         if mode == "conditional":
             validate_section(sec)
         elif mode == "multiscale":
-            allowed = {"mode", "end_times", "stage"}
+            allowed = {"mode", "end_times", "stage", "schedule", "handoff", "log_snr_max",
+                       "log_snr_min"}
             bad = sorted(set(sec.keys()) - allowed)
             if bad:
                 raise ValueError(f"config.msdiff: unknown key(s) {bad}; accepted: {sorted(allowed)}")
