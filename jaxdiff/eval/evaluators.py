@@ -118,8 +118,8 @@ class HeldOutLoss(Evaluator):
     name = "held_out_loss"
     periodic = True
 
-    def __init__(self, loss_fn: Callable, mesh):
-        self.mesh = mesh
+    def __init__(self, loss_fn: Callable, mesh, fields: tuple = ("x",)):
+        self.mesh, self.fields = mesh, tuple(fields)
         self.eval_step = make_eval_step(loss_fn, mesh)
         self._batches: list | None = None
 
@@ -133,7 +133,9 @@ class HeldOutLoss(Evaluator):
             if n == 0:
                 raise ValueError(f"config.eval.batch_size={config.eval.batch_size} is larger "
                                  f"than the {config.data.eval_split!r} split")
-            self._batches = [parallel.global_batch(ds[i]["x"], self.mesh) for i in range(n)]
+            pick = ((lambda e: e["x"]) if self.fields == ("x",)
+                    else (lambda e: {f: e[f] for f in self.fields}))
+            self._batches = [parallel.global_batch(pick(ds[i]), self.mesh) for i in range(n)]
         return self._batches
 
     def run(self, params, ctx: EvalContext) -> dict:
@@ -244,7 +246,7 @@ def from_config(config, task, *, periodic: bool = False) -> list:
     Returns:
       A list of :class:`Evaluator`, in report order.
     """
-    loss = HeldOutLoss(task.eval_loss, task.mesh)
+    loss = HeldOutLoss(task.eval_loss, task.mesh, task.batch_fields)
     if periodic:
         return [loss]
     e, toy = config.eval, config.data.dataset == "toy"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jaxdiff.tasks import class_conditional as class_conditional  # registers 'class_conditional'
 from jaxdiff.tasks import edm as edm  # registers the 'edm' task (EDMTask)
 from jaxdiff.tasks import flow, msdiff, score_sde  # noqa: F401  (flow: registers flow_matching)
 from jaxdiff.tasks.base import TASKS, Task, available_tasks, get_task, register_task, task_name

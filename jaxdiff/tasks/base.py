@@ -98,6 +98,9 @@ class Task:
     name = "task"
     #: generic evaluator name -> why this task skips it (listed in the report's ``skipped``)
     skip: dict = {}
+    #: the fields of a data example the losses see: ``('x',)`` gives them the array of ``'x'``,
+    #: more fields a dict of them (``('x', 'label')`` for a class-conditional task)
+    batch_fields: tuple = ("x",)
 
     def __init__(self, config, mesh=None):
         self.config = config

@@ -44,6 +44,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.eval_at_end = False           # run --mode=eval once when training completes
     training.resume_with_changes = False   # resume a workdir whose checkpoint was saved with a
                                            # different config (else refused, naming the keys)
+    training.cond_drop_prob = 0.1          # class_conditional task: P(label -> null label), the
+                                           # classifier-free guidance dropout (Ho & Salimans 2022)
     training.fsdp = False                  # shard large params over the data axis
     training.fsdp_min_size = 2**18         # ... those with at least this many elements
 
@@ -60,6 +62,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.rtol = 1e-5                   # ODE sampler tolerances
     sampling.atol = 1e-5
     sampling.num_samples = 64              # --mode=sample and snapshot grids
+    sampling.guidance_scale = 0.0          # class_conditional task: w of (1+w) s(x,t,y) - w s(x,t)
+    sampling.class_label = -1              # class_conditional task: the class drawn (-1: cycle 0..K-1)
     sampling.eps = 1e-3                    # end time of the reverse process
 
     # -- evaluation

@@ -88,9 +88,13 @@ class _Preemption:
         return False
 
 
-def _next_batches(it, n: int) -> np.ndarray:
+def _next_batches(it, n: int, fields: tuple = ("x",)):
+    """``n`` host batches stacked: the array of field ``'x'``, or a dict of the task's
+    ``batch_fields`` (e.g. ``('x', 'label')`` for a class-conditional task)."""
     bs = [next(it) for _ in range(n)]
-    return np.stack([b["x"] for b in bs])
+    if tuple(fields) == ("x",):
+        return np.stack([b["x"] for b in bs])
+    return {f: np.stack([b[f] for b in bs]) for f in fields}
 
 
 def _last_good(manager) -> str:
@@ -257,7 +261,8 @@ def _train(task, workdir: str, max_steps: int | None, progress: bool) -> dict:
     try:
         with _Preemption() as preempt:
             while step < stop_at:
-                batches = parallel.global_batch(_next_batches(data_iter, n_jit), mesh, leading=1)
+                host = _next_batches(data_iter, n_jit, task.batch_fields)
+                batches = parallel.global_batch(host, mesh, leading=1)
                 state, metrics = step_fn(state, batches)
                 step += n_jit
                 pending.append((metrics["loss"], metrics["state_finite"], step))
