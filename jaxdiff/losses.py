@@ -19,10 +19,12 @@ from jaxdiff.sde import batch_broadcast
 Array = jax.Array
 
 __all__ = ["score_matching_loss", "ddpm_loss", "smld_loss", "get_loss", "dsm_per_example",
-           "perturb"]
+           "perturb", "reduce_per_example", "check_batch", "call_net"]
 
 
-def _reduce(losses: Array, reduce_mean: bool) -> Array:
+def reduce_per_example(losses: Array, reduce_mean: bool) -> Array:
+    """``(B, ...) -> (B,)``: the mean (else the sum) over the data dimensions; the one reduction
+    of every loss here and in :mod:`jaxdiff.objectives`."""
     flat = losses.reshape(losses.shape[0], -1)
     return jnp.mean(flat, axis=-1) if reduce_mean else jnp.sum(flat, axis=-1)
 
@@ -53,17 +55,20 @@ def dsm_per_example(score: Array, z: Array, std: Array, *, g2: Array | None = No
       reduce_mean: mean (else sum) over data dimensions.
     """
     if g2 is None:
-        return _reduce(jnp.square(score * std + z), reduce_mean)
-    return _reduce(jnp.square(score + z / std), reduce_mean) * g2
+        return reduce_per_example(jnp.square(score * std + z), reduce_mean)
+    return reduce_per_example(jnp.square(score + z / std), reduce_mean) * g2
 
 
-def _call(score_fn, params, x, t, key, rng_kwarg):
+def call_net(fn, rng_kwarg: str | None, key, *args):
+    """``fn(*args)``, or ``fn(*args, **{rng_kwarg: key})`` for a network that needs randomness in
+    training (dropout; ``rng_kwarg='rng'``)."""
     if rng_kwarg is None:
-        return score_fn(params, x, t)
-    return score_fn(params, x, t, **{rng_kwarg: key})
+        return fn(*args)
+    return fn(*args, **{rng_kwarg: key})
 
 
-def _check_batch(batch):
+def check_batch(batch) -> None:
+    """Refuse a batch that is not an array of shape ``(B, ...)``, naming what it got."""
     if not hasattr(batch, "shape") or batch.ndim < 2:
         raise ValueError(
             "batch must be an array of shape (B, ...) with B >= 1, got "
@@ -83,12 +88,12 @@ def score_matching_loss(sde, score_fn, *, reduce_mean: bool = True,
     """
 
     def loss_fn(params, key, batch):
-        _check_batch(batch)
+        check_batch(batch)
         k_t, k_z, k_net = jax.random.split(key, 3)
         t = jax.random.uniform(k_t, (batch.shape[0],), batch.dtype, eps, sde.T)
         z = jax.random.normal(k_z, batch.shape, batch.dtype)
         x_t, std = perturb(sde, batch, t, z)
-        score = _call(score_fn, params, x_t, t, k_net, rng_kwarg)
+        score = call_net(score_fn, rng_kwarg, k_net, params, x_t, t)
         g2 = sde.sde(jnp.zeros_like(batch), t)[1] ** 2 if likelihood_weighting else None
         losses = dsm_per_example(score, z, std, g2=g2, reduce_mean=reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t}
@@ -101,7 +106,7 @@ def _discrete_loss(sde, score_fn, std_table, mean_table, reduce_mean, rng_kwarg)
     ``x = mean_i x_0 + std_i z``; loss ``reduce(|score * std_i + z|^2)``."""
 
     def loss_fn(params, key, batch):
-        _check_batch(batch)
+        check_batch(batch)
         k_i, k_z, k_net = jax.random.split(key, 3)
         idx = jax.random.randint(k_i, (batch.shape[0],), 0, sde.N)
         t = idx.astype(batch.dtype) / (sde.N - 1) * sde.T
@@ -112,7 +117,7 @@ def _discrete_loss(sde, score_fn, std_table, mean_table, reduce_mean, rng_kwarg)
         z = jax.random.normal(k_z, batch.shape, batch.dtype)
         std = batch_broadcast(std_table[idx].astype(batch.dtype), batch)
         x_t = batch_broadcast(mean_table[idx].astype(batch.dtype), batch) * batch + std * z
-        score = _call(score_fn, params, x_t, t, k_net, rng_kwarg)
+        score = call_net(score_fn, rng_kwarg, k_net, params, x_t, t)
         losses = dsm_per_example(score, z, std, reduce_mean=reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t, "labels": idx}
 

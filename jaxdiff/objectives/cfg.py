@@ -197,16 +197,13 @@ def cfg_loss(sde, cond_score_fn: Callable, *, cond_drop_prob: float, null_cond,
 
     def loss_fn(params, key, batch):
         x, cond = split_batch(batch, cond_key)
-        losses_lib._check_batch(x)
+        losses_lib.check_batch(x)
         k_t, k_z, k_drop, k_net = jax.random.split(key, 4)
         t = jax.random.uniform(k_t, (x.shape[0],), x.dtype, eps, sde.T)
         z = jax.random.normal(k_z, x.shape, x.dtype)
         x_t, std = losses_lib.perturb(sde, x, t, z)
         used, dropped = drop_conditions(k_drop, _batch_cond(cond, x.shape[0]), null_cond, p)
-        if rng_kwarg is None:
-            score = cond_score_fn(params, x_t, t, used)
-        else:
-            score = cond_score_fn(params, x_t, t, used, **{rng_kwarg: k_net})
+        score = losses_lib.call_net(cond_score_fn, rng_kwarg, k_net, params, x_t, t, used)
         g2 = sde.sde(jnp.zeros_like(x), t)[1] ** 2 if likelihood_weighting else None
         losses = losses_lib.dsm_per_example(score, z, std, g2=g2, reduce_mean=reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t, "dropped": dropped, "cond": used}

@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import losses as losses_lib
 from jaxdiff import sde as sde_lib
 from jaxdiff.sde import batch_broadcast
 
@@ -142,18 +143,14 @@ def edm_loss(denoiser_fn: Callable, *, sigma_data: float = SIGMA_DATA, p_mean: f
         raise ValueError(f"p_std must be >= 0, got {p_std!r}")
 
     def loss_fn(params, key, batch):
-        if not hasattr(batch, "shape") or batch.ndim < 2:
-            raise ValueError("batch must be an array of shape (B, ...) with B >= 1, got "
-                             f"{getattr(batch, 'shape', type(batch))}")
+        losses_lib.check_batch(batch)
         k_s, k_z, k_net = jax.random.split(key, 3)
         sigma = sample_sigma(k_s, (batch.shape[0],), p_mean=p_mean, p_std=p_std,
                              dtype=batch.dtype)
         z = jax.random.normal(k_z, batch.shape, batch.dtype)
         x = batch + batch_broadcast(sigma, batch) * z
-        kw = {} if rng_kwarg is None else {rng_kwarg: k_net}
-        d = denoiser_fn(params, x, sigma, **kw)
-        err = jnp.square(d - batch).reshape(batch.shape[0], -1)
-        err = jnp.mean(err, axis=-1) if reduce_mean else jnp.sum(err, axis=-1)
+        d = losses_lib.call_net(denoiser_fn, rng_kwarg, k_net, params, x, sigma)
+        err = losses_lib.reduce_per_example(jnp.square(d - batch), reduce_mean)
         losses = edm_loss_weight(sigma, sd) * err
         return jnp.mean(losses), {"losses": losses, "sigma": sigma}
 

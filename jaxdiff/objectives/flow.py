@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxdiff import losses as losses_lib
 from jaxdiff.scores import get_model_fn
 from jaxdiff.sde import SDE, batch_broadcast
 
@@ -249,9 +250,7 @@ def flow_matching_loss(velocity_fn: VelocityFn, *, sde: RectifiedFlowSDE | None 
         raise ValueError(f"logit_std must be > 0, got {logit_std}")
 
     def loss_fn(params, key, batch):
-        if not hasattr(batch, "shape") or batch.ndim < 2:
-            raise ValueError("batch must be an array of shape (B, ...), got "
-                             f"{getattr(batch, 'shape', type(batch))}")
+        losses_lib.check_batch(batch)
         k_t, k_z, k_net = jax.random.split(key, 3)
         t = sample_times(k_t, batch.shape[0], batch.dtype, t_min=t_min, t_max=t_max,
                          time_sampling=time_sampling, logit_mean=logit_mean,
@@ -259,12 +258,8 @@ def flow_matching_loss(velocity_fn: VelocityFn, *, sde: RectifiedFlowSDE | None 
         eps = jax.random.normal(k_z, batch.shape, batch.dtype)
         tb = batch_broadcast(t, batch)
         x_t = (1.0 - tb) * batch + tb * eps
-        if rng_kwarg is None:
-            v = velocity_fn(params, x_t, t)
-        else:
-            v = velocity_fn(params, x_t, t, **{rng_kwarg: k_net})
-        sq = jnp.square(v - (eps - batch)).reshape(batch.shape[0], -1)
-        losses = jnp.mean(sq, axis=-1) if reduce_mean else jnp.sum(sq, axis=-1)
+        v = losses_lib.call_net(velocity_fn, rng_kwarg, k_net, params, x_t, t)
+        losses = losses_lib.reduce_per_example(jnp.square(v - (eps - batch)), reduce_mean)
         return jnp.mean(losses), {"losses": losses, "t": t}
 
     return loss_fn
