@@ -4,17 +4,15 @@ is the null label), label dropout ``training.cond_drop_prob = 0.1`` and guided s
 ``sampling.guidance_scale = 1`` with 50 DDIM steps plus a Tweedie denoise. Sample grids cycle the
 classes 0..9 (``sampling.class_label = -1``; set a class to draw only it). See docs/guidance.md."""
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "_digits_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
-digits = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(digits)  # type: ignore[union-attr]
+from jaxdiff.train.config import load_config
+
+DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py")
 
 
 def get_config():
-    config = digits.get_config()
+    config = load_config(DIGITS)
     config.task = "class_conditional"
     config.model.num_classes = 11
     config.training.cond_drop_prob = 0.1

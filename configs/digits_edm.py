@@ -7,22 +7,16 @@ with ``p_mean`` -1.2 and ``p_std`` 1.2 it is a class attribute of
 :class:`jaxdiff.tasks.edm.EDMTask`, not a config key).
 Samples use EDM's Heun sampler (18 levels, 35 evaluations)."""
 
-import importlib.util
 import os
 
 from jaxdiff.tasks import edm  # noqa: F401  (registers the 'edm' task)
+from jaxdiff.train.config import load_config
 
-
-def _digits():
-    spec = importlib.util.spec_from_file_location(
-        "_digits_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py")
 
 
 def get_config():
-    config = _digits().get_config()
+    config = load_config(DIGITS)
     config.task = "edm"
     config.training.sde = "vesde"
     m = config.model

@@ -2,17 +2,15 @@
 and budget, ``config.task = 'flow_matching'`` (a velocity network on the linear path,
 docs/flow_matching.md), sampled with the adaptive probability-flow ODE."""
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "_digits_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
-digits = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(digits)  # type: ignore[union-attr]
+from jaxdiff.train.config import load_config
+
+DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py")
 
 
 def get_config():
-    config = digits.get_config()
+    config = load_config(DIGITS)
     config.task = "flow_matching"
     config.training.loss_eps = 0.0  # flow matching: t ~ U(loss_eps, T), T = 1 - 1e-3
     config.sampling.method = "ode"
