@@ -46,6 +46,7 @@ import numpy as np
 from jaxdiff import conditional, multiscale, parallel
 from jaxdiff.data import eval_dataset, resolve_data_dir
 from jaxdiff.eval import evaluators as evaluators_lib
+from jaxdiff.eval import metrics as metrics_lib
 from jaxdiff.tasks.base import Task, register_task
 from jaxdiff.train.config import ConfigError
 from jaxdiff.train.evaluate import load_params
@@ -258,11 +259,7 @@ def psnr(x, truth, centered: bool) -> np.ndarray:
     x, truth = np.asarray(x, np.float64), np.asarray(truth, np.float64)
     if x.shape != truth.shape:
         raise ValueError(f"psnr: shapes differ, {x.shape} vs {truth.shape}")
-    if centered:
-        x, truth = (x + 1.0) / 2.0, (truth + 1.0) / 2.0
-    x, truth = np.clip(x, 0.0, 1.0), np.clip(truth, 0.0, 1.0)
-    mse = np.mean(np.square(x - truth).reshape(x.shape[0], -1), axis=1)
-    return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
+    return metrics_lib.psnr_db(metrics_lib.mse(_unit(x, centered), _unit(truth, centered)))
 
 
 def save_triplet_grid(path: str, cond, x, truth, *, centered: bool, pad: int = 1,
@@ -480,29 +477,28 @@ def conditional_metrics(config, d: dict, extra_samples: Sequence = (), *,
       d: from :func:`draw_conditional` (``x``, ``truth``, ``y``, ...).
       extra_samples: more ``(B, H, W, C)`` model-space samples for the same observations.
     """
-    from jaxdiff.eval import metrics as M
     sec = _section(config)
     c = config.data.centered
     x, truth = _unit(d["x"], c), _unit(d["truth"], c)
-    out = {"psnr": float(np.mean(M.psnr_db(M.mse(x, truth)))),
-           "ssim": float(np.mean(M.ssim(x, truth)))}
+    out = {"psnr": float(np.mean(metrics_lib.psnr_db(metrics_lib.mse(x, truth)))),
+           "ssim": float(np.mean(metrics_lib.ssim(x, truth)))}
     obs = conditional.make_observe(sec, int(config.data.image_size))
     ax, at = (np.asarray(obs(jnp.asarray(a, jnp.float32)), np.float64) for a in (x, truth))
     if sec.task == "inpainting" and ax.shape[-1] > x.shape[-1]:
         ax, at = ax[..., :x.shape[-1]], at[..., :x.shape[-1]]
-    cons = M.consistency(ax, at)
+    cons = metrics_lib.consistency(ax, at)
     out["consistency_psnr"] = float(np.mean(cons["psnr"]))
     out["consistency_mse"] = float(np.mean(cons["mse"]))
     samples = [x] + [_unit(e, c) for e in extra_samples]
     if len(samples) >= 2:
-        out["diversity"] = float(np.mean(M.diversity(np.stack(samples))))
+        out["diversity"] = float(np.mean(metrics_lib.diversity(np.stack(samples))))
     if lpips_fn is not None:
         out["lpips"] = float(np.mean(lpips_fn(x, truth)))
         if len(samples) >= 2:
-            out["lpips_diversity"] = float(np.mean(M.diversity(np.stack(samples),
+            out["lpips_diversity"] = float(np.mean(metrics_lib.diversity(np.stack(samples),
                                                                distance=lpips_fn)))
     if fid_features is not None:
-        out["target_fid"] = M.fid_from_features(fid_features(x), fid_features(truth))
+        out["target_fid"] = metrics_lib.fid_from_features(fid_features(x), fid_features(truth))
     return out
 
 
