@@ -7,10 +7,11 @@ from jaxdiff.data.pipeline import (
                                    get_source,
                                    resolve_data_dir,
                                    scale_images,
+                                   select_fields,
                                    train_dataset,
 )
 from jaxdiff.data.toy import TOY_NAMES, ToySource, sample_toy, toy_mixture
 
 __all__ = ["train_dataset", "eval_dataset", "get_source", "resolve_data_dir", "example_shape",
            "scale_images", "DatasetNotFound", "ToySource", "sample_toy", "toy_mixture",
-           "TOY_NAMES"]
+           "TOY_NAMES", "select_fields"]

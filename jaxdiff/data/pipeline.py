@@ -26,7 +26,7 @@ import numpy as np
 from jaxdiff.data.toy import ToySource
 
 __all__ = ["get_source", "train_dataset", "eval_dataset", "DatasetNotFound", "scale_images",
-           "resolve_data_dir", "example_shape"]
+           "resolve_data_dir", "example_shape", "select_fields"]
 
 
 _STREAM_LEN = 1 << 40  # "infinite" stream of batch indices
@@ -55,6 +55,14 @@ def example_shape(config) -> tuple[int, ...]:
     if config.data.dataset == "toy":
         return (config.data.dim,)
     return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
+def select_fields(batch: dict, fields: tuple = ("x",)):
+    """What a loss sees of a pipeline batch: the array of ``'x'`` for ``fields == ('x',)``, else
+    the dict of ``fields`` (a task's ``batch_fields``, e.g. ``('x', 'label')``)."""
+    if tuple(fields) == ("x",):
+        return batch["x"]
+    return {f: batch[f] for f in fields}
 
 
 def get_source(config, split: str, data_dir: str):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import parallel
-from jaxdiff.data import eval_dataset
+from jaxdiff.data import eval_dataset, select_fields
 from jaxdiff.data.toy import sample_toy
 from jaxdiff.eval.bpd import dataset_bits_per_dim
 from jaxdiff.eval.distances import sliced_wasserstein
@@ -133,9 +133,8 @@ class HeldOutLoss(Evaluator):
             if n == 0:
                 raise ValueError(f"config.eval.batch_size={config.eval.batch_size} is larger "
                                  f"than the {config.data.eval_split!r} split")
-            pick = ((lambda e: e["x"]) if self.fields == ("x",)
-                    else (lambda e: {f: e[f] for f in self.fields}))
-            self._batches = [parallel.global_batch(pick(ds[i]), self.mesh) for i in range(n)]
+            self._batches = [parallel.global_batch(select_fields(ds[i], self.fields), self.mesh)
+                             for i in range(n)]
         return self._batches
 
     def run(self, params, ctx: EvalContext) -> dict:

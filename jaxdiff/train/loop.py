@@ -46,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdiff import parallel
-from jaxdiff.data import resolve_data_dir, train_dataset
+from jaxdiff.data import resolve_data_dir, select_fields, train_dataset
 from jaxdiff.eval.evaluators import run_evaluators
 from jaxdiff.train import checkpoint as ckpt
 from jaxdiff.train.config import ConfigError, check_eval_split, config_changes
@@ -89,12 +89,10 @@ class _Preemption:
 
 
 def _next_batches(it, n: int, fields: tuple = ("x",)):
-    """``n`` host batches stacked: the array of field ``'x'``, or a dict of the task's
-    ``batch_fields`` (e.g. ``('x', 'label')`` for a class-conditional task)."""
-    bs = [next(it) for _ in range(n)]
-    if tuple(fields) == ("x",):
-        return np.stack([b["x"] for b in bs])
-    return {f: np.stack([b[f] for b in bs]) for f in fields}
+    """``n`` host batches stacked along a new leading axis, each as the loss sees it
+    (:func:`jaxdiff.data.select_fields` of the task's ``batch_fields``)."""
+    bs = [select_fields(next(it), fields) for _ in range(n)]
+    return jax.tree.map(lambda *a: np.stack(a), *bs)
 
 
 def _last_good(manager) -> str:
