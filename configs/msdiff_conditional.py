@@ -8,6 +8,13 @@ a lone value is the estimator: ``msdiff_conditional.py:cde``). The network sees
 - ``dataset=digits``: the embedded digits at 16x16, small U-Net (4000 steps on a CPU);
   ``task=sr`` super-resolution 8x8 -> 16x16, ``inpaint`` inpainting, ``edges`` Sobel edge map
   -> image.
+
+Task construction (reference, the default): super-resolution's ``y`` is the bicubic
+(PyTorch, ``a = -0.75``) low-resolution image nearest-upsampled to full resolution, so ``y``
+diffuses at full resolution (``msdiff.sr_downsample='bicubic'``, ``msdiff.sr_y='nearest'``;
+``'bicubic'`` upsamples bicubically); inpainting hides one random-position square covering 25 % of
+the image per example (``msdiff.mask='random'``, ``mask_coverage=0.25``) and ``y`` is the masked
+image without a mask channel (``mask_channel=False``).
 - ``dataset=celeba``: 64x64 CelebA (tfds ``celeb_a``), DDPM++; ``sr`` 16x16 -> 64x64.
 
 Reference settings (``setting=reference``, the default): VE SDE of ``x`` with ``sigma_min =
@@ -24,10 +31,11 @@ VS-CMDE (``estimator=vs_cmde``): CMDE whose ``sigma_max_y`` decays during traini
 ``msdiff.vs_reach_target_steps = training.n_iters`` (the reference's ``reach_target_steps``).
 
 ``setting=ours`` is the configuration before issue 13 (VP SDE, no likelihood weighting,
-Euler-Maruyama, data in ``[-1, 1]``, ``x``-part loss, ``y_speed = 0.25``).
+Euler-Maruyama, data in ``[-1, 1]``, ``x``-part loss, ``y_speed = 0.25``, average-pooled
+low-resolution ``y`` kept at low resolution, central-square inpainting mask plus a mask channel).
 
 The ``msdiff`` section is read by :func:`jaxdiff.conditional.get_conditional_loss`; the model
-must have ``data.num_channels + conditional.condition_channels(task, data.num_channels)``
+must have ``data.num_channels + conditional.section_condition_channels(msdiff, data.num_channels)``
 input/output channels."""
 
 import math
@@ -40,10 +48,10 @@ from jaxdiff.train.defaults import get_default_config
 # task argument -> conditional.config_section keywords, per dataset (sr factor: 16 / size)
 _TASKS = {
     "digits": {"sr": dict(task="super_resolution", factor=2),
-               "inpaint": dict(task="inpainting", mask="center"),
+               "inpaint": dict(task="inpainting"),
                "edges": dict(task="edges")},
     "celeba": {"sr": dict(task="super_resolution", factor=4),
-               "inpaint": dict(task="inpainting", mask="center"),
+               "inpaint": dict(task="inpainting"),
                "edges": dict(task="edges")},
 }
 
@@ -122,7 +130,11 @@ def get_config(arg=None):
         config.sampling.predictor = "euler_maruyama"
         config.sampling.corrector = "none"
         y_speed = 0.25
+    # task construction: the reference's (bicubic low-res image nearest-upsampled to full
+    # resolution; a random square of 25 % of the area, no mask channel) or ours
+    construction = {} if ref else dict(sr_downsample="average", sr_y="low", mask="center",
+                                       mask_channel=True)
     config.msdiff = conditional.config_section(
         estimator=arg.estimator, y_speed=y_speed, loss=loss, y_path=y_path,
-        vs_sigma_max_y_start=0.0, vs_reach_target_steps=int(t.n_iters), **task)
+        vs_sigma_max_y_start=0.0, vs_reach_target_steps=int(t.n_iters), **task, **construction)
     return config

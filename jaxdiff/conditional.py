@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxdiff.losses import dsm_per_example, perturb
@@ -50,8 +51,10 @@ __all__ = [
     "ConditionalEstimator", "get_estimator", "ESTIMATORS", "joint_to_conditional",
     "concat_conditional", "observe", "TASKS", "downsample", "upsample", "inpaint_mask",
     "sobel_edges", "split_batch", "config_section", "validate_section", "condition_channels",
-    "make_observe", "get_conditional_loss", "section_estimator", "reduction_fn", "LOSS_TARGETS",
-    "Y_PATHS",
+    "make_observe", "get_conditional_loss", "section_condition_channels", "random_observation",
+    "section_estimator", "reduction_fn", "LOSS_TARGETS",
+    "Y_PATHS", "SR_DOWNSAMPLE", "SR_Y", "MASKS", "resize", "random_square_mask",
+    "observation_operator", "make_operator",
 ]
 
 ESTIMATORS = ("cde", "cdiffe", "cmde", "vs_cmde")
@@ -60,6 +63,19 @@ ESTIMATORS = ("cde", "cdiffe", "cmde", "vs_cmde")
 LOSS_TARGETS = ("joint", "x")
 #: how the conditional sampler makes ``y_t`` (see :meth:`ConditionalEstimator.pc_sampler`)
 Y_PATHS = ("fresh", "per_step", "fixed", "backward")
+#: super-resolution's low-resolution operator: PyTorch's bicubic resize (the reference's
+#: ``torchvision Resize(BICUBIC)`` on tensors) or average pooling (ours before issue 13)
+SR_DOWNSAMPLE = ("bicubic", "average")
+#: super-resolution's ``y``: the low-resolution image nearest-upsampled to full resolution (the
+#: reference's ``upscale_lr``: ``y`` diffuses at full resolution), bicubic-upsampled, or kept at low
+#: resolution (ours before issue 13)
+SR_Y = ("nearest", "bicubic", "low")
+#: inpainting masks: a random-position square of ``mask_coverage`` of the area per image (the
+#: reference's), the central square of half the side, the right half
+MASKS = ("random", "center", "half")
+#: the key of the observations of held-out images (per image index, as the reference seeds its
+#: test masks with the image index)
+EVAL_OBSERVATION_SEED = 0
 
 
 def reduction_fn(start: float, target: float, reach_steps: int) -> Callable:
@@ -498,11 +514,54 @@ def concat_conditional(score_fn: Callable, x_channels: int, *, joint: bool = Fal
 
 
 # ---- observations of the paper's tasks -------------------------------------------------------
-def downsample(x: Array, factor: int) -> Array:
-    """Average pooling of ``(B, H, W, C)`` by ``factor`` (super-resolution's low-res input)."""
+def _cubic(d: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution kernel with PyTorch's ``a = -0.75``."""
+    d = np.abs(d)
+    near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+    far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+    return np.where(d <= 1.0, near, np.where(d < 2.0, far, 0.0))
+
+
+def _resize_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
+    """``(n_out, n_in)`` weights of a 1-D resize with ``align_corners=False`` (PyTorch's
+    ``interpolate``): ``'bicubic'`` (4 taps at ``(i + 1/2) n_in / n_out - 1/2``, indices clamped
+    to the border, no antialiasing) or ``'nearest'`` (source ``floor(i n_in / n_out)``)."""
+    w = np.zeros((n_out, n_in))
+    scale = n_in / n_out
+    if method == "nearest":
+        w[np.arange(n_out), np.minimum((np.arange(n_out) * scale).astype(int), n_in - 1)] = 1.0
+        return w
+    if method != "bicubic":
+        raise ValueError(f"unknown resize method {method!r}; choose 'bicubic' or 'nearest'")
+    src = (np.arange(n_out) + 0.5) * scale - 0.5
+    base = np.floor(src).astype(int)
+    for k in range(-1, 3):
+        np.add.at(w, (np.arange(n_out), np.clip(base + k, 0, n_in - 1)), _cubic(src - (base + k)))
+    return w
+
+
+def resize(x: Array, size: tuple[int, int], method: str = "bicubic") -> Array:
+    """Resize ``(B, H, W, C)`` to ``(B, *size, C)`` as ``torch.nn.functional.interpolate(x, size,
+    mode=method, align_corners=False)`` (``'bicubic'``: ``a = -0.75``, border-clamped, no
+    antialiasing, as ``torchvision.transforms.Resize(BICUBIC)`` on tensors in the reference's
+    data modules; ``'nearest'``). Separable: two small matrix products, exact for any factor."""
+    b, h, w, c = x.shape
+    mh = jnp.asarray(_resize_matrix(h, int(size[0]), method), x.dtype)
+    mw = jnp.asarray(_resize_matrix(w, int(size[1]), method), x.dtype)
+    return jnp.einsum("ih,bhwc,jw->bijc", mh, x, mw, precision=jax.lax.Precision.HIGHEST)
+
+
+def downsample(x: Array, factor: int, method: str = "average") -> Array:
+    """Low-resolution ``(B, H / factor, W / factor, C)`` image of ``(B, H, W, C)``: average
+    pooling (``method='average'``) or PyTorch's bicubic resize (``'bicubic'``, the reference's
+    super-resolution input)."""
     b, h, w, c = x.shape
     if factor < 1 or h % factor or w % factor:
         raise ValueError(f"factor {factor} does not divide the image size {(h, w)}")
+    if method == "bicubic":
+        return resize(x, (h // factor, w // factor), "bicubic")
+    if method != "average":
+        raise ValueError(f"unknown downsampling {method!r}; choose one of {SR_DOWNSAMPLE}")
     return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
@@ -516,6 +575,23 @@ def inpaint_mask(image_size: int, kind: str = "center") -> Array:
     if kind == "half":
         return m.at[:, image_size // 2:].set(0.0)
     raise ValueError(f"unknown inpainting mask {kind!r}; choose 'center' or 'half'")
+
+
+def random_square_mask(key: Array, batch: int, image_size: int, coverage: float = 0.25) -> Array:
+    """``(B, H, H, 1)`` masks of the observed pixels, each hiding one square of side
+    ``int(sqrt(coverage H^2))`` at a uniformly random position (the reference's inpainting:
+    ``start ~ randint(0, H - side + 1)`` per axis). Image ``i`` uses ``fold_in(key, i)``, so a
+    batch's first masks do not depend on its size."""
+    side = int(math.sqrt(coverage * image_size * image_size))
+    if not 0 < side <= image_size:
+        raise ValueError(f"mask coverage {coverage} gives a square of side {side} in a "
+                         f"{image_size}x{image_size} image")
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+    start = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, image_size - side + 1))(keys)
+    r = jnp.arange(image_size)
+    inside = lambda s: (r[None, :] >= s[:, None]) & (r[None, :] < s[:, None] + side)  # noqa: E731
+    hidden = inside(start[:, 0])[:, :, None] & inside(start[:, 1])[:, None, :]
+    return (~hidden).astype(jnp.float32)[..., None]
 
 
 def sobel_edges(x: Array) -> Array:
@@ -533,58 +609,107 @@ def sobel_edges(x: Array) -> Array:
 TASKS = ("super_resolution", "inpainting", "edges")
 
 
-def observe(task: str, x: Array, *, factor: int = 2, mask: Array | None = None) -> Array:
-    """The condition ``y`` of a task for clean images ``x`` of shape ``(B, H, W, C)``.
+def _inpaint_mask_for(x: Array, mask, key, coverage: float) -> Array:
+    if mask is None:
+        if key is None:
+            raise ValueError("inpainting with random square masks needs key= (or pass mask=)")
+        mask = random_square_mask(key, x.shape[0], x.shape[1], coverage)
+    return jnp.broadcast_to(jnp.asarray(mask, x.dtype), x.shape[:-1] + (1,))
 
-    * ``'super_resolution'``: ``downsample(x, factor)``;
-    * ``'inpainting'``: ``concat([x * mask, mask], -1)`` (the mask as an extra channel; default
-      central square);
-    * ``'edges'``: ``sobel_edges(x)``.
-    """
+
+def observation_operator(task: str, x: Array, *, key: Array | None = None, factor: int = 2,
+                         mask: Array | None = None, sr_downsample: str = "bicubic",
+                         mask_coverage: float = 0.25) -> Array:
+    """The task's forward operator ``A(x)`` on clean ``(B, H, W, C)`` images (what the
+    consistency metric compares): super-resolution: the low-resolution image
+    (``downsample(x, factor, sr_downsample)``); inpainting: ``x * mask`` (``mask`` given, else
+    random squares from ``key``); edges: the Sobel magnitude."""
     if task == "super_resolution":
-        return downsample(x, factor)
+        return downsample(x, factor, sr_downsample)
     if task == "inpainting":
-        m = inpaint_mask(x.shape[1]) if mask is None else jnp.asarray(mask, x.dtype)
-        m = jnp.broadcast_to(m, x.shape[:-1] + (1,)).astype(x.dtype)
-        return jnp.concatenate([x * m, m], axis=-1)
+        return x * _inpaint_mask_for(x, mask, key, mask_coverage)
     if task == "edges":
         return sobel_edges(x)
     raise ValueError(f"unknown conditional task {task!r}; choose one of {TASKS}")
 
 
+def observe(task: str, x: Array, *, key: Array | None = None, factor: int = 2,
+            mask: Array | None = None, sr_downsample: str = "bicubic", sr_y: str = "nearest",
+            mask_channel: bool = False, mask_coverage: float = 0.25) -> Array:
+    """The condition ``y`` of a task for clean images ``x`` of shape ``(B, H, W, C)``; the
+    defaults are the reference's constructions (GBATZOLIS/MSDiff ``General_PKLDataset``):
+
+    * ``'super_resolution'``: the low-resolution image ``downsample(x, factor, sr_downsample)``
+      (default PyTorch bicubic), brought back to full resolution by ``sr_y='nearest'`` (default:
+      the reference's ``upscale_lr``, so ``y`` diffuses at full resolution) or ``'bicubic'``, or
+      kept at low resolution (``sr_y='low'``, ours before issue 13, with ``sr_downsample='average'``);
+    * ``'inpainting'``: ``x * mask`` with the hidden pixels at 0, and no mask channel (default,
+      the reference's) or ``concat([x * mask, mask], -1)`` (``mask_channel=True``); ``mask`` of
+      the observed pixels given (``(H, W, 1)`` or ``(B, H, W, 1)``), else one random square of
+      ``mask_coverage`` of the area per image drawn from ``key`` (:func:`random_square_mask`);
+    * ``'edges'``: ``sobel_edges(x)``.
+    """
+    if task == "super_resolution":
+        if sr_y not in SR_Y:
+            raise ValueError(f"unknown super-resolution y {sr_y!r}; choose one of {SR_Y}")
+        low = downsample(x, factor, sr_downsample)
+        return low if sr_y == "low" else resize(low, x.shape[1:3], sr_y)
+    if task == "inpainting":
+        m = _inpaint_mask_for(x, mask, key, mask_coverage)
+        return jnp.concatenate([x * m, m], axis=-1) if mask_channel else x * m
+    return observation_operator(task, x, key=key, factor=factor, mask=mask)
+
+
 # ---- configs and training plumbing -----------------------------------------------------------
 def config_section(*, estimator: str = "cmde", task: str = "super_resolution",
-                   y_speed: float = 0.25, factor: int = 2, mask: str = "center",
+                   y_speed: float = 0.25, factor: int = 2, mask: str = "random",
                    resample_y: bool = True, loss: str = "joint", y_path: str = "fresh",
-                   vs_sigma_max_y_start: float = 0.0, vs_reach_target_steps: int = 1):
+                   vs_sigma_max_y_start: float = 0.0, vs_reach_target_steps: int = 1,
+                   sr_downsample: str = "bicubic", sr_y: str = "nearest",
+                   mask_coverage: float = 0.25, mask_channel: bool = False):
     """The ``config.msdiff`` section of a conditional experiment (``configs/msdiff_*.py``).
 
     Keys: ``mode='conditional'``, ``estimator`` ('cde' | 'cdiffe' | 'cmde' | 'vs_cmde'),
     ``task`` ('super_resolution' | 'inpainting' | 'edges'), ``y_speed`` (CMDE / VS-CMDE: the speed
     of ``y``; under a VE ``x`` SDE it is the CMDE of ``sigma_max_y = sigma_min^(1 - y_speed)
-    sigma_max^y_speed``, :func:`jaxdiff.multispeed.speed_for_sigma_max`), ``factor``
-    (super-resolution), ``mask`` ('center' | 'half', inpainting), ``loss`` ('joint': the papers'
-    joint ``(x, y)`` score loss, default; 'x': only the ``x``-part; CDE always trains the
+    sigma_max^y_speed``, :func:`jaxdiff.multispeed.speed_for_sigma_max`), ``loss`` ('joint': the
+    papers' joint ``(x, y)`` score loss, default; 'x': only the ``x``-part; CDE always trains the
     ``x``-part), ``y_path`` (sampler, one of :data:`Y_PATHS`, default 'fresh'), ``resample_y``
     (legacy, read only when a section has no ``y_path``), ``vs_sigma_max_y_start`` (VS-CMDE:
     ``sigma_max_y`` at step 0; 0 means the ``x`` SDE's ``sigma(T)``, i.e. ``sqrt(D)`` in the
     reference configs) and ``vs_reach_target_steps`` (VS-CMDE: the step where ``sigma_max_y``
     reaches its target, the reference's ``reach_target_steps``).
+
+    Task construction (:func:`observe`; defaults the reference's): super-resolution ``factor``,
+    ``sr_downsample`` (:data:`SR_DOWNSAMPLE`), ``sr_y`` (:data:`SR_Y`); inpainting ``mask``
+    (:data:`MASKS`), ``mask_coverage`` (the random square's share of the area) and
+    ``mask_channel`` (append the mask to ``y``). A section without one of these keys means the
+    reference's value.
     """
     import ml_collections
     sec = ml_collections.ConfigDict(dict(
         mode="conditional", estimator=estimator, task=task, y_speed=float(y_speed),
         factor=int(factor), mask=mask, resample_y=bool(resample_y), loss=loss, y_path=y_path,
         vs_sigma_max_y_start=float(vs_sigma_max_y_start),
-        vs_reach_target_steps=int(vs_reach_target_steps)))
+        vs_reach_target_steps=int(vs_reach_target_steps), sr_downsample=sr_downsample,
+        sr_y=sr_y, mask_coverage=float(mask_coverage), mask_channel=bool(mask_channel)))
     validate_section(sec)
     return sec
 
 
+#: the task-construction keys of a section and their (reference) values when absent
+CONSTRUCTION_DEFAULTS = dict(sr_downsample="bicubic", sr_y="nearest", mask="random",
+                             mask_coverage=0.25, mask_channel=False)
+
+
+def _construction(sec) -> dict:
+    return {k: sec.get(k, v) for k, v in CONSTRUCTION_DEFAULTS.items()}
+
+
 def validate_section(sec) -> None:
     """Check a conditional ``config.msdiff`` section; raises ``ValueError`` naming the bad key."""
-    allowed = {"mode", "estimator", "task", "y_speed", "factor", "mask", "resample_y", "loss",
-               "y_path", "vs_sigma_max_y_start", "vs_reach_target_steps"}
+    allowed = {"mode", "estimator", "task", "y_speed", "factor", "resample_y", "loss",
+               "y_path", "vs_sigma_max_y_start", "vs_reach_target_steps"} | set(CONSTRUCTION_DEFAULTS)
     bad = sorted(set(sec.keys()) - allowed)
     if bad:
         raise ValueError(f"config.msdiff: unknown key(s) {bad}; accepted: {sorted(allowed)}")
@@ -598,8 +723,16 @@ def validate_section(sec) -> None:
         raise ValueError(f"config.msdiff.y_speed must be in (0, 1], got {sec.y_speed!r}")
     if int(sec.factor) < 1:
         raise ValueError(f"config.msdiff.factor must be >= 1, got {sec.factor!r}")
-    if sec.mask not in ("center", "half"):
-        raise ValueError(f"config.msdiff.mask must be 'center' or 'half', got {sec.mask!r}")
+    c = _construction(sec)
+    for key, choices in (("mask", MASKS), ("sr_downsample", SR_DOWNSAMPLE), ("sr_y", SR_Y)):
+        if c[key] not in choices:
+            raise ValueError(f"config.msdiff.{key} must be one of {choices}, got {c[key]!r}")
+    if not 0.0 < float(c["mask_coverage"]) < 1.0:
+        raise ValueError(f"config.msdiff.mask_coverage must be in (0, 1), got "
+                         f"{c['mask_coverage']!r}")
+    if not isinstance(c["mask_channel"], bool):
+        raise ValueError(f"config.msdiff.mask_channel must be True or False, got "
+                         f"{c['mask_channel']!r}")
     if sec.get("loss", "x") not in LOSS_TARGETS:
         raise ValueError(f"config.msdiff.loss must be one of {LOSS_TARGETS}, got {sec.loss!r}")
     if sec.get("y_path", "fresh") not in Y_PATHS:
@@ -612,17 +745,53 @@ def validate_section(sec) -> None:
                          f"{sec.vs_reach_target_steps!r}")
 
 
-def condition_channels(task: str, channels: int) -> int:
-    """Channels of the observation ``y`` of ``task`` for images with ``channels`` channels."""
+def condition_channels(task: str, channels: int, *, mask_channel: bool = False) -> int:
+    """Channels of the observation ``y`` of ``task`` for images with ``channels`` channels
+    (inpainting with ``mask_channel``: one more)."""
     if task not in TASKS:
         raise ValueError(f"unknown conditional task {task!r}; choose one of {TASKS}")
-    return channels + 1 if task == "inpainting" else channels
+    return channels + 1 if task == "inpainting" and mask_channel else channels
 
 
-def make_observe(sec, image_size: int) -> Callable[[Array], Array]:
-    """``observe_fn(images) -> y`` for the task of a ``config.msdiff`` section."""
-    mask = inpaint_mask(image_size, sec.mask) if sec.task == "inpainting" else None
-    return lambda x: observe(sec.task, x, factor=int(sec.factor), mask=mask)
+def section_condition_channels(sec, channels: int) -> int:
+    """:func:`condition_channels` of a ``config.msdiff`` section."""
+    return condition_channels(sec.task, channels, mask_channel=bool(_construction(sec)["mask_channel"]))
+
+
+def _section_mask(sec, image_size: int):
+    kind = _construction(sec)["mask"]
+    return None if sec.task != "inpainting" or kind == "random" else inpaint_mask(image_size, kind)
+
+
+def _eval_key(key):
+    return jax.random.key(EVAL_OBSERVATION_SEED) if key is None else key
+
+
+def make_observe(sec, image_size: int) -> Callable[..., Array]:
+    """``observe_fn(images, key=None) -> y`` for the task of a ``config.msdiff`` section
+    (:func:`observe` with its construction keys). Random inpainting masks come from ``key``; with
+    ``key=None`` from a fixed key, per image index (the held-out observations of ``--mode=eval``
+    / ``sample`` are the same in every run)."""
+    mask, c = _section_mask(sec, image_size), _construction(sec)
+    return lambda x, key=None: observe(
+        sec.task, x, key=_eval_key(key), factor=int(sec.factor), mask=mask,
+        sr_downsample=c["sr_downsample"], sr_y=c["sr_y"], mask_channel=bool(c["mask_channel"]),
+        mask_coverage=float(c["mask_coverage"]))
+
+
+def make_operator(sec, image_size: int) -> Callable[..., Array]:
+    """``operator_fn(images, key=None) -> A(images)``: :func:`observation_operator` of a section
+    (the same masks as :func:`make_observe` for the same ``key``)."""
+    mask, c = _section_mask(sec, image_size), _construction(sec)
+    return lambda x, key=None: observation_operator(
+        sec.task, x, key=_eval_key(key), factor=int(sec.factor), mask=mask,
+        sr_downsample=c["sr_downsample"], mask_coverage=float(c["mask_coverage"]))
+
+
+def random_observation(sec) -> bool:
+    """Whether the section's observation of an image is random (random inpainting masks): the
+    training loss then draws it from its key."""
+    return sec.task == "inpainting" and _construction(sec)["mask"] == "random"
 
 
 def get_conditional_loss(sec, x_sde: SDE, score_fn: Callable, *, image_size: int,
@@ -635,7 +804,7 @@ def get_conditional_loss(sec, x_sde: SDE, score_fn: Callable, *, image_size: int
       sec: the ``config.msdiff`` section (:func:`config_section`).
       x_sde: the SDE of ``x`` (from ``config.training.sde``).
       score_fn: ``score_fn(params, z, t, **kw)`` of a network with
-        ``channels + condition_channels(task, channels)`` input and output channels (e.g.
+        ``channels + section_condition_channels(sec, channels)`` input and output channels (e.g.
         ``jaxdiff.scores.get_score_fn(x_sde, model, train=True)``).
       image_size, channels: of the clean images.
       reduce_mean, likelihood_weighting, eps, rng_kwarg: as for
@@ -643,8 +812,9 @@ def get_conditional_loss(sec, x_sde: SDE, score_fn: Callable, *, image_size: int
 
     Returns:
       ``(loss_fn(params, key, images, step=None) -> (loss, aux), estimator, cond_score_fn)``:
-      the loss makes ``y = observe(images)`` itself, so a training loop that feeds image batches
-      runs unchanged. The loss is ``sec.loss`` ('joint' or 'x'; CDE: 'x'); ``cond_score_fn`` is
+      the loss makes ``y = observe(images)`` itself (random inpainting masks from a key split off
+      the loss's key, fresh every step), so a training loop that feeds image batches runs
+      unchanged. The loss is ``sec.loss`` ('joint' or 'x'; CDE: 'x'); ``cond_score_fn`` is
       the ``x``-score (what the sampler uses). VS-CMDE's loss has ``takes_step = True``: the
       train step passes ``step=`` (its ``sigma_max_y`` schedule); without it, the target.
     """
@@ -656,8 +826,12 @@ def get_conditional_loss(sec, x_sde: SDE, score_fn: Callable, *, image_size: int
                      reduce_mean=reduce_mean, likelihood_weighting=likelihood_weighting,
                      eps=eps, rng_kwarg=rng_kwarg, target=target)
     observe_fn = make_observe(sec, image_size)
+    random_obs = random_observation(sec)
 
     def loss_fn(params, key, images, step=None):
+        if random_obs:  # a fresh mask per image and step (the reference's data module)
+            key, k_obs = jax.random.split(key)
+            return inner(params, key, (images, observe_fn(images, k_obs)), step=step)
         return inner(params, key, (images, observe_fn(images)), step=step)
 
     loss_fn.takes_step = inner.takes_step  # type: ignore[attr-defined]

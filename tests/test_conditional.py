@@ -135,12 +135,15 @@ def test_observations_and_concat_plumbing():
     e = cond.observe("edges", ramp)
     np.testing.assert_allclose(e[:, 1:-1, 1:-1, 0], 8.0, rtol=1e-5)    # Sobel of slope 1 is 8
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
-    lo = cond.observe("super_resolution", x, factor=4)
+    # ours (options): average pooling kept at low resolution, centre mask + mask channel
+    lo = cond.observe("super_resolution", x, factor=4, sr_downsample="average", sr_y="low")
     np.testing.assert_allclose(lo[0, 1, 0, 0], x[0, 4:8, 0:4, 0].mean(), rtol=1e-5)
-    inp = cond.observe("inpainting", x)
+    inp = cond.observe("inpainting", x, mask=cond.inpaint_mask(8), mask_channel=True)
     assert inp.shape == (2, 8, 8, 2) and float(inp[..., 1].mean()) == 0.75
     np.testing.assert_allclose(inp[0, 0, 0, 0], x[0, 0, 0, 0])
     assert float(inp[0, 4, 4, 0]) == 0.0
+    assert cond.condition_channels("inpainting", 3, mask_channel=True) == 4
+    assert cond.condition_channels("inpainting", 3) == 3
     # a "network" that swaps the channels: the x-score is then the (upsampled) y channel.
     swap = lambda p, z, t: z[..., ::-1]
     s = cond.concat_conditional(swap, 1)(None, x, 0.5, lo)
@@ -149,6 +152,153 @@ def test_observations_and_concat_plumbing():
         cond.observe("colour", x)
     with pytest.raises(ValueError, match="factor 3"):
         cond.downsample(x, 3)
+    with pytest.raises(ValueError, match="key="):
+        cond.observe("inpainting", x)
+    for key, bad in [("sr_y", "x"), ("sr_downsample", "area"), ("mask", "square"),
+                     ("mask_coverage", 1.5)]:
+        sec = cond.config_section()
+        sec[key] = bad
+        with pytest.raises(ValueError, match=f"config.msdiff.{key}"):
+            cond.validate_section(sec)
+
+
+# PyTorch's bicubic weights (a = -0.75, align_corners=False): downsampling by 2 samples at half
+# pixels, upsampling by 2 at quarter pixels (torch.nn.functional.interpolate(mode='bicubic'))
+TORCH_DOWN2 = [-0.09375, 0.59375, 0.59375, -0.09375]
+TORCH_UP2 = [-0.03515625, 0.26171875, 0.87890625, -0.10546875]
+
+
+def test_bicubic_resize_is_pytorchs():
+    """The reference's bicubic (torchvision Resize(BICUBIC) on tensors = torch interpolate):
+    the interior weights are PyTorch's, borders clamp, constants are kept and an upsampled ramp
+    stays a ramp; equal to torch itself where torch is installed."""
+    down = cond._resize_matrix(16, 8, "bicubic")
+    np.testing.assert_allclose(down[3, 5:9], TORCH_DOWN2, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(down[0, :3], [0.5, 0.59375, -0.09375], atol=1e-15)  # index -1 -> 0
+    up = cond._resize_matrix(8, 16, "bicubic")
+    np.testing.assert_allclose(up[4, 0:4], TORCH_UP2, atol=1e-15)   # src 1.75: taps 0..3
+    np.testing.assert_allclose(up.sum(1), 1.0, atol=1e-14)
+    ramp = jnp.broadcast_to(jnp.arange(8.0)[None, :, None, None], (1, 8, 8, 1))
+    big = cond.resize(ramp, (16, 16))
+    # interior: a = -0.75 does not keep a ramp (a = -0.5 would): at source offset 3/4 PyTorch
+    # gives f + 0.703125 instead of f + 0.75, at 1/4 f + 0.296875
+    i = np.arange(4, 12)
+    src = (i + 0.5) / 2 - 0.5                      # 1.75, 2.25, ...: offsets 3/4, 1/4, ...
+    np.testing.assert_allclose(np.asarray(big[0, 4:12, 3, 0]), src + 0.046875 * (-1.0) ** (i + 1),
+                               atol=1e-5)
+    np.testing.assert_allclose(cond.resize(jnp.full((1, 6, 6, 2), 0.3), (3, 3)), 0.3, atol=1e-6)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3))
+    np.testing.assert_allclose(cond.downsample(x, 2, "bicubic"), cond.resize(x, (8, 8)))
+    near = cond.resize(x[:, ::2, ::2], (16, 16), "nearest")
+    np.testing.assert_array_equal(near, cond.upsample(x[:, ::2, ::2], (16, 16)))
+
+
+def test_bicubic_resize_equals_torch():
+    torch = pytest.importorskip("torch")
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3))
+    for size in [(8, 8), (32, 32), (5, 11)]:
+        ref = torch.nn.functional.interpolate(torch.tensor(np.asarray(x)).permute(0, 3, 1, 2),
+                                              size=size, mode="bicubic", align_corners=False)
+        np.testing.assert_allclose(cond.resize(x, size), ref.permute(0, 2, 3, 1).numpy(),
+                                   atol=2e-6)
+
+
+def test_reference_task_constructions():
+    """Super-resolution: y = bicubic low-res nearest-upsampled to full resolution (or
+    bicubic-upsampled); inpainting: one square of 25 % of the area per image at a uniformly
+    random position, hidden pixels 0, no mask channel; masks per image index, fresh per key."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (3, 16, 16, 1), minval=0.1, maxval=1.0)
+    y = cond.observe("super_resolution", x)
+    low = cond.downsample(x, 2, "bicubic")
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(y[:, ::2, ::2], low)
+    np.testing.assert_array_equal(y[:, 1::2, 1::2], low)
+    yb = cond.observe("super_resolution", x, sr_y="bicubic")
+    np.testing.assert_allclose(yb, cond.resize(low, (16, 16)), atol=1e-6)
+    assert float(jnp.abs(yb - y).max()) > 0.01
+    np.testing.assert_allclose(cond.observation_operator("super_resolution", x), low)
+    # random squares: side int(sqrt(0.25 * 256)) = 8; start uniform on {0, ..., 8} per axis
+    n = 9000
+    m = np.asarray(cond.random_square_mask(jax.random.PRNGKey(1), n, 16))
+    hidden = 1.0 - m[..., 0]
+    assert np.all(hidden.sum((1, 2)) == 64)
+    rows, cols = hidden.any(2), hidden.any(1)
+    assert np.all(rows.sum(1) == 8) and np.all(cols.sum(1) == 8)      # one 8 x 8 square
+    for start in (rows.argmax(1), cols.argmax(1)):
+        freq = np.bincount(start, minlength=9) / n
+        assert freq.shape == (9,)
+        np.testing.assert_allclose(freq, 1 / 9, atol=4 * np.sqrt((1 / 9) * (8 / 9) / n))
+    assert abs(np.corrcoef(rows.argmax(1), cols.argmax(1))[0, 1]) < 4 / np.sqrt(n)
+    few = np.asarray(cond.random_square_mask(jax.random.PRNGKey(1), 4, 16))
+    np.testing.assert_array_equal(few, m[:4])                            # per image index
+    other = np.asarray(cond.random_square_mask(jax.random.PRNGKey(2), 4, 16))
+    assert np.any(other != few)
+    y = cond.observe("inpainting", x, key=jax.random.PRNGKey(1))
+    assert y.shape == x.shape
+    np.testing.assert_allclose(y, x * m[:3])
+    # a section: fixed held-out masks (key None), the operator uses the same masks
+    sec = cond.config_section(task="inpainting")
+    obs, op = cond.make_observe(sec, 16), cond.make_operator(sec, 16)
+    np.testing.assert_array_equal(obs(x), obs(x)) and np.testing.assert_array_equal(op(x), obs(x))
+    assert np.any(np.asarray(obs(x)) != np.asarray(obs(x, jax.random.PRNGKey(5))))
+    assert cond.random_observation(sec) and not cond.random_observation(cond.config_section())
+
+
+def test_loss_draws_a_fresh_mask_per_key():
+    """With random masks the training loss observes the batch with a key split off its own key:
+    it equals the estimator's loss on that observation, and not on another mask."""
+    sec = cond.config_section(task="inpainting", estimator="cdiffe")
+    sde = VPSDE()
+    # a "network" whose output depends on y (the second channel): the loss sees the mask
+    net = lambda p, z, t: jnp.concatenate([z[..., 1:] * p, z[..., :1]], -1)
+    loss_fn, est, _ = cond.get_conditional_loss(sec, sde, net, image_size=8, channels=1)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 8, 8, 1), minval=0.2, maxval=1.0)
+    key = jax.random.PRNGKey(3)
+    k_loss, k_obs = jax.random.split(key)
+    inner = est.loss(cond.concat_conditional(net, 1, joint=True), target="joint")
+    want = inner(2.0, k_loss, (x, cond.observe("inpainting", x, key=k_obs)))[0]
+    wrong = inner(2.0, k_loss, (x, cond.observe("inpainting", x, key=key)))[0]
+    got = loss_fn(2.0, key, x)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert abs(float(wrong) - float(want)) > 1e-3 * float(want)
+
+
+def test_fresh_y_path_feeds_independent_diffused_y():
+    """y_path='fresh' (the reference's): the score sees y_t ~ p_t(y_t | y) at the step's own t,
+    a new draw for the corrector and for the predictor (recorded: moments of every call at 4
+    standard errors, corrector-predictor correlation ~ 0); 'per_step' shares one draw."""
+    est = ConditionalEstimator.cdiffe(VPSDE())
+    n, steps = 4000, 3
+    calls = []
+
+    def record(t, y):
+        calls.append((float(np.asarray(t).reshape(-1)[0]), np.asarray(y)[:, 0].copy()))
+
+    def score(p, x, t, y):
+        jax.debug.callback(record, t, y, ordered=True)
+        return -x
+
+    y0 = jnp.full((n, 1), 1.5)
+    for y_path in ("fresh", "per_step"):
+        calls.clear()
+        est.pc_sampler(score, (n, 1), num_steps=steps, predictor="reverse_diffusion",
+                       corrector="langevin", y_path=y_path)(None, jax.random.PRNGKey(0), y0)
+        jax.effects_barrier()
+        assert len(calls) == 2 * steps
+        ts = np.linspace(1.0, 1e-3, steps)
+        for i in range(steps):
+            (tc, yc), (tp, yp) = calls[2 * i], calls[2 * i + 1]   # corrector first, then predictor
+            assert tc == tp == pytest.approx(ts[i], rel=1e-6)
+            mean, std = (float(np.asarray(v).reshape(-1)[0])
+                         for v in est.y_sde.marginal_prob(jnp.ones((1, 1)), jnp.asarray([ts[i]])))
+            for yy in (yc, yp):
+                assert abs(yy.mean() - 1.5 * mean) < 4 * std / np.sqrt(n)
+                assert yy.std() == pytest.approx(std, rel=4 * np.sqrt(0.5 / n))
+            corr = np.corrcoef(yc, yp)[0, 1]
+            if y_path == "fresh":
+                assert abs(corr) < 4 / np.sqrt(n)
+            else:
+                np.testing.assert_array_equal(yc, yp)
 
 
 def test_estimator_errors():
@@ -211,7 +361,7 @@ def test_digits_sr_training_loss_runs_on_the_network():
     core = config.copy_and_resolve_references()
     del core["msdiff"]
     core.model.nf = 8
-    core.data.num_channels = ch + cond.condition_channels(sec.task, ch)
+    core.data.num_channels = ch + cond.section_condition_channels(sec, ch)
     model = models.get_model(core)
     params = models.init_params(jax.random.PRNGKey(0), model, (1, size, size, core.data.num_channels))
     sde = VPSDE()
@@ -223,7 +373,7 @@ def test_digits_sr_training_loss_runs_on_the_network():
     assert np.isfinite(float(loss)) and aux["losses"].shape == (2,)
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
     y = cond.make_observe(sec, size)(images)
-    assert y.shape == (2, 8, 8, 1)
+    assert y.shape == (2, 16, 16, 1)      # the reference's y: at full resolution
     x, nfe = est.pc_sampler(cond_score, (2, size, size, ch), num_steps=3)(params, jax.random.PRNGKey(3), y)
     assert x.shape == images.shape and int(nfe) == 3
 

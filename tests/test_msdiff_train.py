@@ -226,11 +226,18 @@ def test_psnr_and_condition_images():
                                rtol=1e-9)
     np.testing.assert_allclose(msdiff_lib.psnr(t / 2 + 0.5 + 0.1, t / 2 + 0.5, False),
                                20 * np.log10(1 / 0.1), rtol=1e-9)
-    sec = conditional.config_section(task="inpainting")
-    y = conditional.observe("inpainting", jnp.asarray(truth), mask=conditional.inpaint_mask(4))
+    sec = conditional.config_section(task="inpainting", mask="center", mask_channel=True)
+    y = conditional.observe("inpainting", jnp.asarray(truth), mask=conditional.inpaint_mask(4),
+                            mask_channel=True)
     v = msdiff_lib.condition_image(sec, y, (4, 4, 1), True)
     np.testing.assert_allclose(v[:, 1:3, 1:3], -1.0)
     np.testing.assert_allclose(v[:, 0], truth[:, 0])
+    # the reference's construction (no mask channel): the condition is y as observed
+    y = conditional.make_observe(conditional.config_section(task="inpainting"), 4)(
+        jnp.asarray(truth))
+    v = msdiff_lib.condition_image(sec, y, (4, 4, 1), True)
+    np.testing.assert_array_equal(v, y)
+    assert np.sum(v == 0.0) == 3 * 4                     # a 2 x 2 square per image
 
 
 @pytest.mark.parametrize("stage", [0, 1])
@@ -330,14 +337,24 @@ def test_conditional_metrics_closed_forms():
     centered = config.data.centered
     rng = np.random.default_rng(0)
     t01 = rng.uniform(0.2, 0.8, (3, 16, 16, 1))
-    # +-0.1 checkerboard: zero mean over each 2x2 block (invisible to the 2x2 average pooling)
+    # +-0.1 checkerboard: zero mean over each 2x2 block (invisible to the 2x2 average pooling,
+    # option sr_downsample='average'); the reference's bicubic sees it only at the 4 corners (its
+    # interior taps -3/32, 19/32, 19/32, -3/32 cancel on it; a clamped border leaves 3/16 per
+    # axis): consistency mse = 4 (0.1 (3/16)^2)^2 / 64
     checker = 0.1 * (-1.0) ** (np.arange(16)[:, None] + np.arange(16)[None, :])[None, :, :, None]
     to_model = (lambda a: 2 * a - 1) if centered else (lambda a: a)
     d = {"x": to_model(t01 + checker), "truth": to_model(t01)}
+    config.msdiff.sr_downsample = "average"
     m = msdiff_lib.conditional_metrics(config, d)
     assert m["psnr"] == pytest.approx(20.0, rel=1e-6)               # mse 0.01
     assert m["consistency_psnr"] == pytest.approx(120.0, rel=1e-4)  # A(x) == A(truth)
     assert m["consistency_mse"] < 1e-12 and "diversity" not in m
+    config.msdiff.sr_downsample = "bicubic"
+    mb = msdiff_lib.conditional_metrics(config, d)
+    a_x = conditional.downsample(jnp.asarray(t01 + checker, jnp.float32), 2, "bicubic")
+    a_t = conditional.downsample(jnp.asarray(t01, jnp.float32), 2, "bicubic")
+    assert mb["consistency_mse"] == pytest.approx(float(jnp.mean((a_x - a_t) ** 2)), rel=1e-4)
+    assert mb["consistency_mse"] == pytest.approx(4 * (0.1 * 0.1875**2) ** 2 / 64, rel=1e-3)
     from jaxdiff.eval import metrics as M
     assert m["ssim"] == pytest.approx(float(np.mean(M.ssim(t01 + checker, t01))), rel=1e-9)
     assert m["ssim"] < 0.99
@@ -348,7 +365,7 @@ def test_conditional_metrics_closed_forms():
     assert m2["consistency_mse"] == pytest.approx(0.01, rel=1e-5)
     assert m2["diversity"] == pytest.approx(0.1 / 3.0, rel=1e-5)
     # inpainting: only the observed pixels count (mask channel dropped), hidden pixels are free
-    config.msdiff = conditional.config_section(task="inpainting")
+    config.msdiff = conditional.config_section(task="inpainting", mask="center", mask_channel=True)
     mask = np.asarray(conditional.inpaint_mask(16))[None]
     d3 = {"x": to_model(np.where(mask > 0.5, t01, 0.0)), "truth": to_model(t01)}
     m3 = msdiff_lib.conditional_metrics(config, d3, lpips_fn=lambda a, b: np.full(len(a), 0.5),
@@ -358,3 +375,12 @@ def test_conditional_metrics_closed_forms():
     # a shift of 0.1 is seen on the observed 3/4 of the pixels: mse 0.75 * 0.01
     m4 = msdiff_lib.conditional_metrics(config, {"x": to_model(t01 + 0.1), "truth": to_model(t01)})
     assert m4["consistency_mse"] == pytest.approx(0.0075, rel=1e-5)
+    # the reference's random squares: the held-out masks of make_observe, hidden pixels free
+    config.msdiff = conditional.config_section(task="inpainting")
+    held = np.asarray(conditional.make_observe(config.msdiff, 16)(jnp.ones((3, 16, 16, 1))))
+    assert np.all((held == 0).sum((1, 2, 3)) == 64)
+    d5 = {"x": to_model(np.where(held > 0.5, t01, 0.9)), "truth": to_model(t01)}
+    m5 = msdiff_lib.conditional_metrics(config, d5)
+    assert m5["consistency_psnr"] == pytest.approx(120.0, rel=1e-4) and m5["psnr"] < 30
+    m6 = msdiff_lib.conditional_metrics(config, {"x": to_model(t01 + 0.1), "truth": to_model(t01)})
+    assert m6["consistency_mse"] == pytest.approx(0.0075, rel=1e-5)

@@ -5,7 +5,7 @@
 A config with a ``config.msdiff`` section (``configs/msdiff_*.py``) changes four things of a plain
 run; everything else (data pipeline, optimiser, EMA, sharded step, checkpoints, logging) is shared:
 
-* **network**: conditional runs build the network with ``C + condition_channels(task, C)``
+* **network**: conditional runs build the network with ``C + section_condition_channels(sec, C)``
   input/output channels (it sees ``[x_t, upsample(y_t)]``); multi-scale runs build it at the
   stage's coefficient-block size ``ms.block_shape(stage)`` (:func:`network_config`);
 * **score function**: conditional runs use the plain score function of the ``x`` SDE on the
@@ -96,7 +96,7 @@ def _error(msg: str):
 
 def network_config(config):
     """A copy of ``config`` whose ``data.num_channels`` / ``data.image_size`` are those of the
-    network input (conditional: ``C + condition_channels(task, C)`` channels; multi-scale:
+    network input (conditional: ``C + section_condition_channels(sec, C)`` channels; multi-scale:
     ``image_size / 2**stage``). A config without ``msdiff`` is returned as is."""
     sec = _section(config)
     if sec is None:
@@ -104,7 +104,7 @@ def network_config(config):
     net = config.copy_and_resolve_references()
     if sec.mode == "conditional":
         c = int(config.data.num_channels)
-        net.data.num_channels = c + conditional.condition_channels(sec.task, c)
+        net.data.num_channels = c + conditional.section_condition_channels(sec, c)
     elif sec.mode == "multiscale":
         net.data.image_size = int(config.data.image_size) // 2 ** int(sec.stage)
     else:
@@ -235,8 +235,9 @@ def conditional_sampler(config, sde, score_fn, num_samples: int):
 def condition_image(sec, y, image_shape: Sequence[int], centered: bool) -> np.ndarray:
     """A viewable model-space image of each condition ``y``, of the images' shape ``(B, H, W, C)``.
 
-    Super-resolution: ``y`` upsampled (nearest); inpainting: the masked image (hidden pixels at
-    the lowest value); edges: the Sobel magnitude scaled to the full range per image.
+    Super-resolution: ``y`` at full resolution (a low-resolution ``y`` upsampled, nearest);
+    inpainting: the masked image (with a mask channel: hidden pixels at the lowest value; without,
+    as observed: hidden pixels at 0); edges: the Sobel magnitude scaled to the full range per image.
     """
     y = np.asarray(y, np.float32)
     h, w, c = (int(v) for v in image_shape)
@@ -244,6 +245,8 @@ def condition_image(sec, y, image_shape: Sequence[int], centered: bool) -> np.nd
     if sec.task == "super_resolution":
         return np.asarray(conditional.upsample(jnp.asarray(y), (h, w)))
     if sec.task == "inpainting":
+        if y.shape[-1] == c:
+            return y
         img, mask = y[..., :c], y[..., c:c + 1]
         return np.where(mask > 0.5, img, lo).astype(np.float32)
     if sec.task == "edges":
@@ -460,10 +463,11 @@ def conditional_metrics(config, d: dict, extra_samples: Sequence = (), *,
 
     * ``psnr``, ``ssim`` (Wang et al. 2004: Gaussian window 11, sigma 1.5) of the sample against
       the truth (means over the observations);
-    * ``consistency_psnr`` / ``consistency_mse``: the observation operator of the task applied
-      to the sample against the same operator applied to the truth (inpainting: the observed
-      pixels, not the mask channel; super-resolution: the low-resolution images; edges: the Sobel
-      magnitudes, PSNR with peak 1);
+    * ``consistency_psnr`` / ``consistency_mse``: the forward operator of the task
+      (:func:`jaxdiff.conditional.make_operator`) applied to the sample against the same operator
+      applied to the truth (inpainting: the observed pixels of the held-out masks, hidden ones
+      zeroed as in the reference's metric; super-resolution: the low-resolution images; edges: the
+      Sobel magnitudes; PSNR with peak 1);
     * ``diversity`` (with ``extra_samples``, ``K - 1 >= 1`` more samples for the same
       observations): the mean pairwise root-mean-square distance of the ``K`` samples per
       observation (:func:`jaxdiff.eval.metrics.diversity`), averaged over observations;
@@ -482,10 +486,8 @@ def conditional_metrics(config, d: dict, extra_samples: Sequence = (), *,
     x, truth = _unit(d["x"], c), _unit(d["truth"], c)
     out = {"psnr": float(np.mean(metrics_lib.psnr_db(metrics_lib.mse(x, truth)))),
            "ssim": float(np.mean(metrics_lib.ssim(x, truth)))}
-    obs = conditional.make_observe(sec, int(config.data.image_size))
-    ax, at = (np.asarray(obs(jnp.asarray(a, jnp.float32)), np.float64) for a in (x, truth))
-    if sec.task == "inpainting" and ax.shape[-1] > x.shape[-1]:
-        ax, at = ax[..., :x.shape[-1]], at[..., :x.shape[-1]]
+    op = conditional.make_operator(sec, int(config.data.image_size))
+    ax, at = (np.asarray(op(jnp.asarray(a, jnp.float32)), np.float64) for a in (x, truth))
     cons = metrics_lib.consistency(ax, at)
     out["consistency_psnr"] = float(np.mean(cons["psnr"]))
     out["consistency_mse"] = float(np.mean(cons["mse"]))
