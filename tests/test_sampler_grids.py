@@ -62,12 +62,43 @@ def test_order_on_the_time_quadratic_grid(x64, kind, band):
 
 
 def test_default_grids_are_the_measured_ones():
-    """The defaults chosen by the issue-15 benchmark (docs/samplers.md, 'Default grids')."""
+    """The defaults chosen by the issue-15 benchmark (docs/samplers.md, 'Default grids';
+    docs/bench_samplers.md): per SDE, and an N-dependent end time with ``denoise``."""
     import inspect
+
+    from jaxdiff.samplers.ddim import ddim_sampler
+    from jaxdiff.samplers.schedule import default_grid, end_time
+    from jaxdiff.sde import VESDE
 
     def default(f):
         return inspect.signature(f).parameters["grid"].default
 
-    assert default(dpm_solver_pp_sampler) == "time_quadratic"
-    assert default(unipc_sampler) == "time_quadratic"
+    assert default(dpm_solver_pp_sampler) is None and default(unipc_sampler) is None
+    assert default(ddim_sampler) is None
     assert default(edm_sampler) == "time_uniform"
+    vp, ve = VPSDE(), VESDE(sigma_min=0.01, sigma_max=50.0)
+    assert default_grid(None, vp, "time_quadratic", "logsnr") == "time_quadratic"
+    assert default_grid(None, ve, "time_quadratic", "logsnr") == "logsnr"
+    assert default_grid("karras", ve, "time_quadratic", "logsnr") == "karras"
+    # with denoise: the named grid of num_steps + 1 intervals down to 0, last point dropped
+    assert end_time(None, 4, "time_quadratic", denoise=True, T=1.0) == pytest.approx(1 / 25)
+    assert end_time(None, 4, "time_uniform", denoise=True, T=1.0) == pytest.approx(1 / 5)
+    assert end_time(None, 4, "logsnr", denoise=True, T=1.0) == 1e-3
+    assert end_time(None, 4, "time_quadratic", denoise=False, T=1.0) == 1e-3
+    assert end_time(None, 100, "time_quadratic", denoise=True, T=1.0) == 1e-3  # floor 1e-3
+    assert end_time(0.01, 4, "time_quadratic", denoise=True, T=1.0) == 0.01
+
+
+@pytest.mark.parametrize("denoise", [False, True])
+def test_default_sampler_uses_the_resolved_grid(denoise):
+    """A sampler built with the defaults is the one built with the resolved grid and end time."""
+    mix = GaussianMixture.create([1.0], MU[None], stds=STD[None])
+    from jaxdiff.sde import VESDE
+
+    for sde, grid in ((VPSDE(), "time_quadratic"), (VESDE(sigma_min=0.01, sigma_max=50.0), "logsnr")):
+        fn = mix.score_fn(sde)
+        eps = 1 / 25 if denoise and grid == "time_quadratic" else 1e-3
+        a, _ = unipc_sampler(sde, fn, (4, 3), num_steps=4, denoise=denoise)(None, jax.random.key(0))
+        b, _ = unipc_sampler(sde, fn, (4, 3), num_steps=4, denoise=denoise, grid=grid,
+                             eps=eps)(None, jax.random.key(0))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -24,6 +24,8 @@ from jaxdiff.samplers.schedule import (
     check_grid,
     check_scalar_schedule,
     data_prediction,
+    default_grid,
+    end_time,
     log_alpha_sigma,
     time_grid,
 )
@@ -104,7 +106,7 @@ def ddim_nfe(num_steps: int, *, denoise: bool = False, **_) -> int:
 
 
 def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, eta: float = 0.0,
-                 grid="time_uniform", rho: float = 7.0, eps: float = 1e-3,
+                 grid=None, rho: float = 7.0, eps: float | None = None,
                  T: float | None = None, denoise: bool = False, dtype=jnp.float32, sharding=None):
     """DDIM sampler from the prior at ``T`` down to ``eps``.
 
@@ -114,10 +116,13 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
       shape: ``(B, *event_shape)``.
       num_steps: number of steps (= NFE without ``denoise``).
       eta: ``0`` deterministic DDIM, ``1`` ancestral sampling; in between interpolates.
-      grid: ``'time_uniform'`` (default), ``'time_quadratic'``, ``'logsnr'``, ``'karras'``,
-        ``'trailing'`` or an explicit array of ``num_steps + 1`` descending times in ``[0, T]``
+      grid: ``None`` (default: ``'time_uniform'``, ``'karras'`` for the VE SDE, see
+        :func:`~jaxdiff.samplers.schedule.default_grid`), ``'time_uniform'``,
+        ``'time_quadratic'``, ``'logsnr'``, ``'karras'``, ``'trailing'`` or an explicit array of
+        ``num_steps + 1`` descending times in ``[0, T]``
         (see :func:`~jaxdiff.samplers.schedule.time_grid`); rho: exponent of ``'karras'``.
-      eps, T: end and start times.
+      eps, T: end and start times (``eps=None``: :func:`~jaxdiff.samplers.schedule.end_time`,
+        ``1e-3`` but with ``denoise`` on the ``time_quadratic`` / ``time_uniform`` grids).
       denoise: return the Tweedie ``x0_hat`` at ``eps`` (one more evaluation).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
 
@@ -127,6 +132,8 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
     check_scalar_schedule(sde)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    grid = default_grid(grid, sde, "time_uniform", "karras")
+    eps = end_time(eps, num_steps, grid, denoise=denoise, T=sde.T if T is None else T)
     check_grid(grid, num_steps, T=sde.T if T is None else T, positive=False)
     time_grid(sde, num_steps, grid=grid, eps=eps, T=T, rho=rho)  # validate eagerly
 

@@ -40,11 +40,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.samplers.base import Solver, bind_cond, constrain, make_sampler
-from jaxdiff.samplers.schedule import (  # noqa: F401 - re-exported (their home before schedule.py)
+from jaxdiff.samplers.schedule import (
     GRIDS,
     check_grid,
     check_scalar_schedule,
     data_prediction,
+    default_grid,  # noqa: F401 - re-exported (their home before schedule.py)
+    end_time,
     grid_coefficients,
     inverse_lambda,
     log_alpha_sigma,
@@ -239,8 +241,8 @@ def dpm_solver_pp_nfe(num_steps: int, *, order: int = 2, method: str = "multiste
 
 
 def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
-                          order: int = 2, method: str = "multistep", grid="time_quadratic",
-                          rho: float = 7.0, eps: float = 1e-3, T: float | None = None,
+                          order: int = 2, method: str = "multistep", grid=None,
+                          rho: float = 7.0, eps: float | None = None, T: float | None = None,
                           lower_order_final: bool = True, third_order: str = "jaxdiff",
                           denoise: bool = False, dtype=jnp.float32, sharding=None):
     """DPM-Solver++ sampler: prior noise at ``T``, probability-flow ODE down to ``eps``.
@@ -253,9 +255,12 @@ def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: i
         single-step).
       order, method, lower_order_final, third_order: see :func:`dpm_solver_pp_integrate`;
         ``order=2, method='multistep'`` is DPM-Solver++(2M), ``order=2, method='singlestep'`` is (2S).
-      grid: time grid, one of :data:`GRIDS` or an explicit array of ``num_steps + 1`` descending
-        times in ``(0, T]`` (see :func:`time_grid`); rho: exponent of the ``'karras'`` grid.
-      eps, T: end and start times.
+      grid: time grid: ``None`` (default: ``'time_quadratic'``, ``'logsnr'`` for the VE SDE, see
+        :func:`~jaxdiff.samplers.schedule.default_grid`), one of :data:`GRIDS` or an explicit
+        array of ``num_steps + 1`` descending times in ``(0, T]`` (see :func:`time_grid`);
+        rho: exponent of the ``'karras'`` grid.
+      eps, T: end and start times (``eps=None``: :func:`~jaxdiff.samplers.schedule.end_time`,
+        ``1e-3`` but with ``denoise`` on the ``time_quadratic`` / ``time_uniform`` grids).
       denoise: return the Tweedie data prediction ``x0_hat`` at ``eps`` (one more evaluation).
       dtype: dtype of the samples; sharding: optional sharding of the ``(B, ...)`` state.
 
@@ -270,6 +275,8 @@ def dpm_solver_pp_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: i
         raise ValueError(f"method must be 'multistep' or 'singlestep', got {method!r}")
     if third_order not in THIRD_ORDER:
         raise ValueError(f"third_order must be one of {sorted(THIRD_ORDER)}, got {third_order!r}")
+    grid = default_grid(grid, sde, "time_quadratic", "logsnr")
+    eps = end_time(eps, num_steps, grid, denoise=denoise, T=sde.T if T is None else T)
     check_grid(grid, num_steps, T=sde.T if T is None else T)
     time_grid(sde, num_steps, grid=grid, eps=eps, T=T, rho=rho)  # validate arguments eagerly
 

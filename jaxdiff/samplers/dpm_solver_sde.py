@@ -28,6 +28,7 @@ from jaxdiff.samplers.schedule import (
     check_grid,
     check_scalar_schedule,
     data_prediction,
+    end_time,
     grid_coefficients,
     time_grid,
 )
@@ -96,7 +97,7 @@ def dpm_solver_pp_sde_nfe(num_steps: int, *, denoise: bool = False, **_) -> int:
 
 def dpm_solver_pp_sde_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
                               order: int = 2, grid="logsnr", rho: float = 7.0,
-                              eps: float = 1e-3, T: float | None = None,
+                              eps: float | None = None, T: float | None = None,
                               lower_order_final: bool = True, denoise: bool = False,
                               dtype=jnp.float32, sharding=None):
     """SDE-DPM-Solver++ sampler (``order=2``: 2M SDE), prior noise at ``T`` down to ``eps``.
@@ -109,7 +110,8 @@ def dpm_solver_pp_sde_sampler(sde, score_fn, shape: tuple[int, ...], *, num_step
       order, lower_order_final: see :func:`dpm_solver_pp_sde_integrate`.
       grid: one of :data:`~jaxdiff.samplers.schedule.GRIDS` or an explicit array of ``num_steps +
         1`` descending times in ``(0, T]``; rho: exponent of ``'karras'``.
-      eps, T: end and start times.
+      eps, T: end and start times (``eps=None``: :func:`~jaxdiff.samplers.schedule.end_time`,
+        ``1e-3`` but with ``denoise`` on the ``time_quadratic`` / ``time_uniform`` grids).
       denoise: finish with the Tweedie data prediction at ``eps`` (one more evaluation).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
 
@@ -120,6 +122,7 @@ def dpm_solver_pp_sde_sampler(sde, score_fn, shape: tuple[int, ...], *, num_step
     check_scalar_schedule(sde)
     if order not in (1, 2):
         raise ValueError(f"SDE-DPM-Solver++ order must be 1 or 2, got {order}")
+    eps = end_time(eps, num_steps, grid, denoise=denoise, T=sde.T if T is None else T)
     check_grid(grid, num_steps, T=sde.T if T is None else T)
     time_grid(sde, num_steps, grid=grid, eps=eps, T=T, rho=rho)  # validate eagerly
 

@@ -49,6 +49,8 @@ from jaxdiff.samplers.schedule import (
     check_grid,
     check_scalar_schedule,
     data_prediction,
+    default_grid,
+    end_time,
     grid_coefficients,
     time_grid,
 )
@@ -218,7 +220,7 @@ def unipc_nfe(num_steps: int, *, denoise: bool = False, **_) -> int:
 
 def unipc_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20, order: int = 2,
                   variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True,
-                  grid="time_quadratic", rho: float = 7.0, eps: float = 1e-3, T: float | None = None,
+                  grid=None, rho: float = 7.0, eps: float | None = None, T: float | None = None,
                   denoise: bool = False, dtype=jnp.float32, sharding=None):
     """UniPC sampler: prior noise at ``T``, probability-flow ODE down to ``eps`` (module docstring).
 
@@ -228,10 +230,13 @@ def unipc_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
         ``cond``); shape: ``(B, *event_shape)``.
       num_steps: number of steps (= NFE without ``denoise``).
       order, variant, corrector, lower_order_final: see :func:`unipc_integrate`.
-      grid: one of :data:`~jaxdiff.samplers.schedule.GRIDS` or an explicit array of ``num_steps +
+      grid: ``None`` (default: ``'time_quadratic'``, ``'logsnr'`` for the VE SDE, see
+        :func:`~jaxdiff.samplers.schedule.default_grid`), one of
+        :data:`~jaxdiff.samplers.schedule.GRIDS` or an explicit array of ``num_steps +
         1`` descending times in ``(0, T]`` (see :func:`~jaxdiff.samplers.schedule.time_grid`);
         rho: exponent of ``'karras'``.
-      eps, T: end and start times.
+      eps, T: end and start times (``eps=None``: :func:`~jaxdiff.samplers.schedule.end_time`,
+        ``1e-3`` but with ``denoise`` on the ``time_quadratic`` / ``time_uniform`` grids).
       denoise: finish with the Tweedie data prediction at ``eps`` (one more evaluation).
       dtype, sharding: sample dtype and optional sharding of the ``(B, ...)`` state.
 
@@ -244,6 +249,8 @@ def unipc_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 20,
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     if variant not in VARIANTS:
         raise ValueError(f"UniPC variant must be one of {VARIANTS}, got {variant!r}")
+    grid = default_grid(grid, sde, "time_quadratic", "logsnr")
+    eps = end_time(eps, num_steps, grid, denoise=denoise, T=sde.T if T is None else T)
     check_grid(grid, num_steps, T=sde.T if T is None else T)
     time_grid(sde, num_steps, grid=grid, eps=eps, T=T, rho=rho)  # validate eagerly
 
