@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxdiff.analytic import GaussianMixture  # noqa: E402
 from jaxdiff.eval.distances import sliced_wasserstein  # noqa: E402
 from jaxdiff.samplers.registry import get_sampler, num_steps_for_nfe  # noqa: E402
-from jaxdiff.samplers.schedule import marginal_lambda, time_grid  # noqa: E402
+from jaxdiff.samplers.schedule import log_alpha_sigma, marginal_lambda, time_grid  # noqa: E402
 from jaxdiff.sde import VESDE, VPSDE  # noqa: E402
 
 NFES = (5, 10, 20, 50, 100, 1000)
@@ -406,6 +406,14 @@ class Problem:
 
         return score
 
+    def component(self, x):
+        """Index of the most likely mixture component of each (clean) sample ``x``."""
+        x = np.asarray(x, np.float64).reshape(len(x), -1)
+        diff = x[:, None, :] - self.means[None]
+        proj = diff if self.eigvecs is None else np.einsum("kdj,bkd->bkj", self.eigvecs, diff)
+        logn = -0.5 * (np.sum(proj**2 / self.eigvals, -1) + np.sum(np.log(self.eigvals), -1))
+        return np.argmax(self.log_w + logn, -1)
+
     def sample(self, key, n):
         kc, kz = jax.random.split(key)
         comp = jax.random.categorical(kc, jnp.asarray(self.log_w), shape=(n,))
@@ -468,12 +476,27 @@ PEER_SAMPLERS = [
     ("2M SDE", "dpm_solver++_2m_sde", {}, "DPMSolverMultistepScheduler",
      {"algorithm_type": "sde-dpmsolver++"}, "vp"),
 ]
-STOCHASTIC = {"2M SDE"}
+# VE (sigma 0.01 .. 50): diffusers has no VE DDPM-style scheduler; its counterparts are the EDM
+# schedulers (Karras sigmas, rho = 7, final sigma 0) given the same sigma range, driven with the
+# exact denoiser (kind 'edm'). EDM-Euler on sigma is DDIM for the VE SDE.
+VE_SIGMAS = {"sigma_min": 0.01, "sigma_max": 50.0}
+PEER_SAMPLERS_VE = [
+    ("DDIM vs EDM-Euler", "ddim", {}, "EDMEulerScheduler", dict(VE_SIGMAS), "edm"),
+    ("DPM++ 2M vs EDM-2M", "dpm_solver++_2m", {}, "EDMDPMSolverMultistepScheduler",
+     dict(VE_SIGMAS), "edm"),
+    ("DPM++ 3M vs EDM-3M", "dpm_solver++_3m", {}, "EDMDPMSolverMultistepScheduler",
+     {**VE_SIGMAS, "solver_order": 3}, "edm"),
+    ("2M SDE vs EDM-2M SDE", "dpm_solver++_2m_sde", {}, "EDMDPMSolverMultistepScheduler",
+     {**VE_SIGMAS, "algorithm_type": "sde-dpmsolver++"}, "edm"),
+]
+STOCHASTIC = {"2M SDE", "2M SDE vs EDM-2M SDE"}
+SDE_REPS = 4  # independent seeds per side for the stochastic rows (mean +- standard error)
 
 
 def _diffusers_run(cls_name, opts, kind, nfe, x_T, score_t, seed=0):
     """Run a diffusers scheduler (default config but ``opts``) with the exact score for ``nfe``
-    score calls from the VP-state prior draw ``x_T`` (numpy). Returns (x0, calls, wall s)."""
+    score calls from the prior draw ``x_T`` (numpy; VP state, or VE state for kind 'edm').
+    Returns (x0, calls, wall s)."""
     import diffusers
     import torch
 
@@ -481,7 +504,7 @@ def _diffusers_run(cls_name, opts, kind, nfe, x_T, score_t, seed=0):
     sch = cls(**opts)
     steps = (nfe + 1) // 2 if cls_name == "HeunDiscreteScheduler" else nfe
     sch.set_timesteps(steps)
-    ac = sch.alphas_cumprod.to(torch.float64)
+    ac = sch.alphas_cumprod.to(torch.float64) if kind != "edm" else None
     g = torch.Generator().manual_seed(seed)
     x = torch.tensor(np.asarray(x_T, np.float32))
     step_kw = {"generator": g} if "sde" in str(opts.get("algorithm_type", "")) else {}
@@ -491,6 +514,16 @@ def _diffusers_run(cls_name, opts, kind, nfe, x_T, score_t, seed=0):
         if kind == "sigma":
             x = x * float(torch.sqrt(1.0 / ac[-1]))  # x~ = x_T / alpha_T, alpha_T of step 999
         for t in sch.timesteps:
+            if kind == "edm":  # VE state; the model output that the EDM preconditioning maps to
+                sch.scale_model_input(x, t)  # (sets the step index; the scaled input is unused)
+                sig = float(sch.sigmas[sch.step_index])
+                sd = sch.config.sigma_data
+                denoised = x + sig**2 * score_t(x, 1.0, sig)
+                c_skip = sd**2 / (sig**2 + sd**2)
+                c_out = sig * sd / (sig**2 + sd**2) ** 0.5
+                calls += 1
+                x = sch.step((denoised - c_skip * x) / c_out, t, x, **step_kw).prev_sample
+                continue
             if kind == "vp":
                 a = float(ac[int(t)]) ** 0.5
                 s = (1.0 - float(ac[int(t)])) ** 0.5
@@ -506,15 +539,24 @@ def _diffusers_run(cls_name, opts, kind, nfe, x_T, score_t, seed=0):
     return x.numpy(), calls, time.perf_counter() - t0
 
 
-def _jax_run(name, opts, prob, sde, nfe, key):
+_COMPILED = {}
+
+
+def _jax_run(name, opts, prob, sde, nfe, key, n=None):
     """jaxdiff sampler ``name`` (its defaults but ``opts``, ``denoise=True``: output at t = 0) at
-    ``nfe`` score calls: (x0, nfe used, wall s of a second, compiled call)."""
+    ``nfe`` score calls for ``n`` samples (default: ``prob.n``, ``prob.n_sw`` for the SDE sampler):
+    (x0, nfe used, wall s of a second, compiled call)."""
     opts = dict(opts)
     opts.setdefault("denoise", True)
     steps = num_steps_for_nfe(name, nfe, **opts)
-    sample = get_sampler(name, sde, prob.score_fn(sde), (prob.n if name not in ("dpm_solver++_2m_sde",)
-                                                      else prob.n_sw,) + prob.event_shape,
-                         num_steps=steps, **opts)
+    if n is None:
+        n = prob.n_sw if name == "dpm_solver++_2m_sde" else prob.n
+    ck = (name, repr(sorted(opts.items())), prob.name, type(sde).__name__, nfe, n)
+    if ck not in _COMPILED:  # the stochastic rows reuse one compiled sampler over their seeds
+        _COMPILED.clear()
+        _COMPILED[ck] = get_sampler(name, sde, prob.score_fn(sde), (n,) + prob.event_shape,
+                                    num_steps=steps, **opts)
+    sample = _COMPILED[ck]
     jax.block_until_ready(sample(None, key))
     (x, used), wall = timed(sample, None, key, reps=1)
     return np.asarray(x), int(used), wall
@@ -525,7 +567,13 @@ def _rmse(x, y):
                                   - np.asarray(y, np.float64).reshape(len(y), -1)) ** 2)))
 
 
-def peer_diffusers(nfes=PEER_NFES, scale=1.0, seed=0, grids=None, only=None, problems=None):
+def _mean_se(v):
+    v = np.asarray(v, np.float64)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def peer_diffusers(nfes=PEER_NFES, scale=1.0, seed=0, grids=None, only=None, problems=None,
+                   sdes=("VP", "VE")):
     """The ``--peer diffusers`` table; with ``grids`` (names) print jaxdiff's error per grid
     instead (how the default grids were chosen)."""
     try:
@@ -535,39 +583,49 @@ def peer_diffusers(nfes=PEER_NFES, scale=1.0, seed=0, grids=None, only=None, pro
         print(f"\n### Peer comparison skipped: {e} (pip install -e '.[bench]')")
         return
     torch.set_num_threads(1)
-    sde = VPSDE()
     ac = diffusers.DDPMScheduler().alphas_cumprod.to(torch.float64)
-    s0_diff = float(torch.sqrt(1.0 / ac[-1] - 1.0))
-    s0_jax = float(jnp.exp(-marginal_lambda(sde, jnp.asarray(sde.T, jnp.float32))))
+    vp = VPSDE()
+    s0_vp_diff = float(torch.sqrt(1.0 / ac[-1] - 1.0))
     print(f"\n### Peer: diffusers {diffusers.__version__} (PyTorch {torch.__version__}, CPU, 1 "
-          f"thread) vs jaxdiff ({jax.default_backend()}); VP SDE beta 0.1..20 (diffusers: DDPM "
-          f"linear betas 1e-4..0.02, its defaults); both start from the same prior draw x_T ~ "
-          f"N(0, I) at their top noise level (sigma/alpha = {s0_jax:.1f} jaxdiff, {s0_diff:.1f} "
-          f"diffusers) and integrate to t = 0. Error: RMSE against the exact flow map from that "
-          f"level (2M SDE: sliced Wasserstein to exact samples, with its noise floor). jaxdiff: "
-          f"its default grid, denoise=True (the last of the NFE is the Tweedie step). ratio = "
-          f"jaxdiff / diffusers error; wall = jaxdiff / diffusers loop time (jit excluded).\n")
-    rows = []
-    for prob in peer_problems(scale):
+          f"thread) vs jaxdiff ({jax.default_backend()}). VP: SDE beta 0.1..20 (diffusers: DDPM "
+          f"linear betas 1e-4..0.02, its defaults); VE: sigma 0.01..50 (diffusers: its EDM "
+          f"schedulers with that sigma range). Both start from the same prior draw at their top "
+          f"noise level (VP sigma/alpha = "
+          f"{float(jnp.exp(-marginal_lambda(vp, jnp.asarray(1.0)))):.1f} jaxdiff, "
+          f"{s0_vp_diff:.1f} diffusers; VE sigma 50 both) and integrate to t = 0. Error: RMSE "
+          f"against the exact flow map from that level, with the number of samples whose mixture "
+          f"component differs from the exact map's ('sw'); 2M SDE: sliced Wasserstein to exact "
+          f"samples, mean +- standard error over {SDE_REPS} seeds per side. jaxdiff: its default "
+          f"grid, denoise=True (the last of the NFE is the Tweedie step). ratio = jaxdiff / "
+          f"diffusers error; wall = jaxdiff / diffusers loop time (jit excluded).\n")
+    rows, floor_rows = [], []
+    for prob, sname in [(p, s) for p in peer_problems(scale) for s in sdes]:  # 3x32x32 last
         if problems and prob.name not in problems:
             continue
+        sde = vp if sname == "VP" else VESDE(**VE_SIGMAS)
+        table = PEER_SAMPLERS if sname == "VP" else PEER_SAMPLERS_VE
+        s0_jax = float(jnp.exp(-marginal_lambda(sde, jnp.asarray(sde.T, jnp.float32))))
+        alpha_T = float(jnp.exp(log_alpha_sigma(sde, jnp.asarray(sde.T))[0]))
+        t_prob = time.time()
         key = jax.random.key(seed)
         score_t = prob.torch_score()
-        x_T = np.asarray(jax.random.normal(jax.random.split(key)[0], (prob.n,) + prob.event_shape))
+        x_T = np.asarray(sde.prior_sampling(jax.random.split(key)[0],
+                                            (prob.n,) + prob.event_shape))
         flat = x_T.reshape(prob.n, -1)
-        alpha_T = float(jnp.exp(sde.log_mean_coeff(jnp.asarray(sde.T))))
         ref_jax = prob.flow_map(flat / alpha_T, s0_jax)
-        ref_diff = prob.flow_map(flat / float(torch.sqrt(ac[-1])), s0_diff)
-        x_T_sw = np.asarray(jax.random.normal(jax.random.split(key)[0], (prob.n_sw,) + prob.event_shape))
+        ref_diff = (prob.flow_map(flat / float(torch.sqrt(ac[-1])), s0_vp_diff)
+                    if sname == "VP" else ref_jax)
+        comp_jax, comp_diff = prob.component(ref_jax), prob.component(ref_diff)
         exact = prob.sample(jax.random.fold_in(key, 1), prob.n_sw).reshape(prob.n_sw, -1)
         floor = float(np.mean([sw(prob.sample(jax.random.fold_in(key, 2 + i), prob.n_sw)
                                   .reshape(prob.n_sw, -1), exact) for i in range(3)]))
-        print(f"- {prob.name}: n = {prob.n} (flow map), {prob.n_sw} (SW); SW noise floor "
-              f"{floor:.4f}", flush=True)
-        for label, name, jopts, cls_name, dopts, kind in PEER_SAMPLERS:
+        print(f"- {sname} {prob.name}: n = {prob.n} (flow map), {prob.n_sw} (SW); SW noise "
+              f"floor {floor:.4f}", flush=True)
+        best10 = None
+        for label, name, jopts, cls_name, dopts, kind in table:
             if only and label not in only:
                 continue
-            if grids and label.startswith("Euler"):
+            if grids and (label.startswith("Euler") or label in STOCHASTIC):
                 continue
             stoch = label in STOCHASTIC
             for nfe in nfes:
@@ -575,31 +633,67 @@ def peer_diffusers(nfes=PEER_NFES, scale=1.0, seed=0, grids=None, only=None, pro
                     cells = []
                     for g in grids:
                         try:
-                            x, used, _ = _jax_run(name, {**jopts, "grid": g}, prob, sde, nfe, key)
+                            x, used, _ = _jax_run(name, {**jopts, "grid": g}, prob, sde, nfe,
+                                                  key)
                         except ValueError as e:
                             cells.append(f"{g}: -({e})"[:40])
                             continue
-                        err = (sw(jnp.asarray(x.reshape(len(x), -1)), exact) if stoch
-                               else _rmse(x, ref_jax))
-                        cells.append(f"{g}: {err:.3e}")
-                    print(f"  {label} NFE {nfe}: " + ", ".join(cells), flush=True)
+                        cells.append(f"{g}: {_rmse(x, ref_jax):.3e}")
+                    print(f"  {sname} {label} NFE {nfe}: " + ", ".join(cells), flush=True)
                     continue
-                xj, nj, wj = _jax_run(name, jopts, prob, sde, nfe, key)
-                xd, nd, wd = _diffusers_run(cls_name, dopts, kind, nfe,
-                                            x_T_sw if stoch else x_T, score_t, seed)
                 if stoch:
-                    ej = sw(jnp.asarray(xj.reshape(len(xj), -1)), exact)
-                    ed = sw(jnp.asarray(xd.reshape(len(xd), -1)), exact)
+                    ejs, eds, wjs, wds = [], [], [], []
+                    for r in range(SDE_REPS):
+                        kr = jax.random.fold_in(key, 100 + r)
+                        x_sw = np.asarray(sde.prior_sampling(
+                            jax.random.split(kr)[0], (prob.n_sw,) + prob.event_shape))
+                        xj, nj, wj = _jax_run(name, jopts, prob, sde, nfe, kr)
+                        xd, nd, wd = _diffusers_run(cls_name, dopts, kind, nfe, x_sw, score_t,
+                                                    seed + r)
+                        ejs.append(sw(jnp.asarray(xj.reshape(len(xj), -1)), exact))
+                        eds.append(sw(jnp.asarray(xd.reshape(len(xd), -1)), exact))
+                        wjs.append(wj)
+                        wds.append(wd)
+                    (ej, sj), (ed, sd_) = _mean_se(ejs), _mean_se(eds)
+                    cj, cd = f"{ej:.3e} +- {sj:.1e}", f"{ed:.3e} +- {sd_:.1e}"
+                    wj, wd = min(wjs), min(wds)
                 else:
+                    xj, nj, wj = _jax_run(name, jopts, prob, sde, nfe, key)
+                    xd, nd, wd = _diffusers_run(cls_name, dopts, kind, nfe, x_T, score_t,
+                                                seed)
                     ej, ed = _rmse(xj, ref_jax), _rmse(xd, ref_diff)
-                rows.append([prob.name, label, nfe, f"{ej:.3e}" + ("" if nj == nfe else f" ({nj})"),
-                             f"{ed:.3e}" + ("" if nd == nfe else f" ({nd})"), f"{ej / ed:.2f}",
+                    swj = int(np.sum(prob.component(xj) != comp_jax))
+                    swd = int(np.sum(prob.component(xd) != comp_diff))
+                    cj = f"{ej:.3e}" + (f" sw{swj}" if swj else "")
+                    cd = f"{ed:.3e}" + (f" sw{swd}" if swd else "")
+                    if nfe == 10 and nj == 10 and (best10 is None or ej < best10[1]):
+                        best10 = (label, ej, name, jopts)
+                rows.append([f"{sname} {prob.name}", label, nfe,
+                             cj + ("" if nj == nfe else f" ({nj})"),
+                             cd + ("" if nd == nfe else f" ({nd})"), f"{ej / ed:.2f}",
                              f"{wj / wd:.2f}"])
                 print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
+        if best10 is not None:
+            # the noise-floor check: SW of the best 10-NFE sampler's samples (an independent
+            # prior draw of n_sw) to the exact samples, vs exact-vs-exact SW at the same n
+            kf = jax.random.fold_in(key, 99)
+            xb, _, _ = _jax_run(best10[2], best10[3], prob, sde, 10, kf, n=prob.n_sw)
+            swb = sw(jnp.asarray(xb.reshape(len(xb), -1)), exact)
+            floor_rows.append([f"{sname} {prob.name}", best10[0], f"{best10[1]:.3e}",
+                               prob.n_sw, f"{swb:.4f}", f"{floor:.4f}", f"{swb / floor:.2f}",
+                               "yes" if swb <= 1.5 * floor else "no"])
+            print("  noise floor: " + " | ".join(str(c) for c in floor_rows[-1]), flush=True)
+        print(f"  ({sname} {prob.name}: {time.time() - t_prob:.0f} s)", flush=True)
     if rows:
         print()
         print(fmt_table(["problem", "sampler", "NFE", "jaxdiff error", "diffusers error",
                          "ratio", "wall ratio"], rows))
+    if floor_rows:
+        print("\nNoise-floor check: the best jaxdiff sampler at 10 NFE (lowest flow-map RMSE), SW "
+              "of n_sw of its samples to exact samples vs the exact-vs-exact SW floor at the same "
+              "n (goal: <= 1.5 x floor)\n")
+        print(fmt_table(["problem", "best sampler at 10 NFE", "RMSE", "n_sw", "SW", "floor",
+                         "SW / floor", "<= 1.5"], floor_rows))
     sys.stdout.flush()
 
 
@@ -618,6 +712,7 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="--peer: comma-separated sampler labels")
     p.add_argument("--problems", default=None, help="--peer: comma-separated problem names")
     p.add_argument("--nfes", default=None, help="--peer: comma-separated NFEs")
+    p.add_argument("--sdes", default="VP,VE", help="--peer: VP, VE or both")
     a = p.parse_args(argv)
     if a.peer == "diffusers":
         print(f"# jaxdiff vs diffusers: command: python bench/samplers.py "
@@ -625,7 +720,8 @@ def main(argv=None):
         t0 = time.time()
         split = lambda v: v.split(",") if v else None  # noqa: E731
         peer_diffusers(tuple(int(k) for k in a.nfes.split(",")) if a.nfes else PEER_NFES,
-                       a.scale, a.seed, split(a.grids), split(a.only), split(a.problems))
+                       a.scale, a.seed, split(a.grids), split(a.only), split(a.problems),
+                       tuple(split(a.sdes)))
         print(f"\n(total {time.time() - t0:.0f} s)")
         return
     sections = set(a.sections.split(","))
