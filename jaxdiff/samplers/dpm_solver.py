@@ -20,11 +20,13 @@ Solvers:
   * ``method='singlestep'``, ``order`` 1, 2, 3: DPM-Solver++(1), (2S) (``r1 = 1/2``), and the
     third-order single-step solver (``r1 = 1/3, r2 = 2/3``); ``order`` evaluations per step.
 
-Time grids (``grid``): ``'time_quadratic'`` (uniform in ``sqrt(t)``, the default: measured
-against the others and diffusers in docs/samplers.md), ``'logsnr'`` (uniform in ``lambda``, the
-paper's choice), ``'time_uniform'``, ``'karras'`` (EDM's ``rho`` schedule in ``sigma/alpha``),
+Time grids (``grid``): ``'time_quadratic'`` (uniform in ``sqrt(t)``, the default for VP / sub-VP;
+``'logsnr'`` for VE: measured against the others and diffusers in docs/samplers.md),
+``'logsnr'`` (uniform in ``lambda``, the paper's choice), ``'time_uniform'``, ``'karras'`` (EDM's
+``rho`` schedule in ``sigma/alpha``),
 ``'trailing'`` (diffusers' spacing) or an explicit descending array of times (see
-:func:`~jaxdiff.samplers.schedule.time_grid`).
+:func:`~jaxdiff.samplers.schedule.time_grid`). With ``denoise=True`` and the default ``eps=None``
+the time-polynomial grids end at an ``N``-dependent time (:func:`~jaxdiff.samplers.schedule.end_time`).
 
 The third-order multistep update (3M) estimates ``h^2 x0''(lambda_0)`` by ``D2 = 2 (D1_0 - D1_1) /
 (r0 + r1)`` (``third_order='jaxdiff'``, the default: the Taylor term, third order). The original

@@ -29,10 +29,11 @@ references apply it for every step count). Deliberate differences:
 * ``g_k(hh)`` is evaluated by its Taylor series ``sum_{j > k} hh^(j-k) / j!`` for ``|h| < 1``
   instead of the recursion, which cancels catastrophically for small ``h`` in float32 (same
   values to rounding; the recursion is used for ``|h| >= 1``).
-* The grid is continuous time ending at ``eps`` (``grid=``, default ``'time_quadratic'``, chosen
-  by measurement: docs/samplers.md), not diffusers' discrete timesteps ending at ``sigma =
-  0``; ``denoise=True`` adds the final data prediction (diffusers' ``final_sigmas_type='zero'``
-  last step / the original's ``denoise_to_zero``).
+* The grid is continuous time ending at ``eps`` (``grid=``, default ``'time_quadratic'``,
+  ``'logsnr'`` for VE, chosen by measurement: docs/samplers.md), not diffusers' discrete timesteps
+  ending at ``sigma = 0``; ``denoise=True`` adds the final data prediction (diffusers'
+  ``final_sigmas_type='zero'`` last step / the original's ``denoise_to_zero``), and then the
+  default ``eps=None`` ends the grid at ``T / (N + 1)^2`` (:func:`~jaxdiff.samplers.schedule.end_time`).
 * Only the data-prediction form (``predict_x0=True``) and no thresholding / ``solver_p``.
 * ``corrector=False`` runs UniP alone (diffusers' ``disable_corrector`` for every step).
 """
