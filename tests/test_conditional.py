@@ -239,7 +239,8 @@ def test_reference_task_constructions():
     # a section: fixed held-out masks (key None), the operator uses the same masks
     sec = cond.config_section(task="inpainting")
     obs, op = cond.make_observe(sec, 16), cond.make_operator(sec, 16)
-    np.testing.assert_array_equal(obs(x), obs(x)) and np.testing.assert_array_equal(op(x), obs(x))
+    np.testing.assert_array_equal(obs(x), obs(x))
+    np.testing.assert_array_equal(op(x), obs(x))
     assert np.any(np.asarray(obs(x)) != np.asarray(obs(x, jax.random.PRNGKey(5))))
     assert cond.random_observation(sec) and not cond.random_observation(cond.config_section())
 
