@@ -653,7 +653,7 @@ def observe(task: str, x: Array, *, key: Array | None = None, factor: int = 2,
         if sr_y not in SR_Y:
             raise ValueError(f"unknown super-resolution y {sr_y!r}; choose one of {SR_Y}")
         low = downsample(x, factor, sr_downsample)
-        return low if sr_y == "low" else resize(low, x.shape[1:3], sr_y)
+        return low if sr_y == "low" else resize(low, (x.shape[1], x.shape[2]), sr_y)
     if task == "inpainting":
         m = _inpaint_mask_for(x, mask, key, mask_coverage)
         return jnp.concatenate([x * m, m], axis=-1) if mask_channel else x * m

@@ -159,12 +159,12 @@ _CONDITIONAL = {
     "dataset=digits,task=sr": ("digits", 16, "small_unet", 64, 4000,
                                dict(task="super_resolution", factor=2)),
     "dataset=digits,task=inpaint": ("digits", 16, "small_unet", 64, 4000,
-                                    dict(task="inpainting", mask="center")),
+                                    dict(task="inpainting", mask="random")),
     "dataset=digits,task=edges": ("digits", 16, "small_unet", 64, 4000, dict(task="edges")),
     "dataset=celeba,task=sr": ("celeb_a", 64, "ncsnpp", 128, 1000001,
                                dict(task="super_resolution", factor=4)),
     "dataset=celeba,task=inpaint": ("celeb_a", 64, "ncsnpp", 128, 1000001,
-                                    dict(task="inpainting", mask="center")),
+                                    dict(task="inpainting", mask="random")),
     "dataset=celeba,task=edges": ("celeb_a", 64, "ncsnpp", 128, 1000001, dict(task="edges")),
 }
 
@@ -191,6 +191,9 @@ def test_msdiff_conditional_variants(arg, estimator):
     ours = _variant("msdiff_conditional", f"{arg},estimator={estimator},setting=ours")
     assert ours.training.sde == "vpsde" and ours.msdiff.y_speed == 0.25 and ours.data.centered
     assert ours.sampling.predictor == "euler_maruyama" and ours.msdiff.loss == "x"
+    if ours.msdiff.task == "inpainting":    # ours: a fixed centre square plus a mask channel
+        assert (ours.msdiff.mask, ours.msdiff.mask_channel) == ("center", True)
+        assert (c.msdiff.mask_coverage, c.msdiff.mask_channel) == (0.25, False)
     assert c.model.ema_rate == (0.999 if dataset == "digits" else 0.9999)
 
 
