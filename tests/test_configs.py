@@ -94,6 +94,9 @@ def test_overrides_in_load_config():
     path = os.path.join(ROOT, "configs", "digits.py")
     assert load_config(path, ["training.batch_size=32"]).training.batch_size == 32
     assert load_config(path, ["optim.lr=1"]).optim.lr == 1.0
+    assert load_config(path, ["sampling.eps=1e-5"]).sampling.eps == 1e-5
+    with pytest.raises(ConfigError, match=r"config\.sampling\.eps"):
+        load_config(path, ["sampling.eps='abc'"])
     with pytest.raises(ConfigError, match=r"config\.training\.batch_sizee"):
         load_config(path, ["training.batch_sizee=3"])
     with pytest.raises(ConfigError, match=r"config\.training\.batch_size: expected int"):
@@ -120,6 +123,9 @@ def test_command_line_overrides():
     validate_config(c)
     with pytest.raises(Exception, match="batch_sizee"):
         _parse(["--config.training.batch_sizee=64"])
+    # sampling.eps is a float placeholder (None: the sampler's own end time), settable as a float
+    assert _parse([]).sampling.eps is None
+    assert _parse(["--config.sampling.eps=1e-5"]).sampling.eps == 1e-5
 
 
 def test_msdiff_section_is_validated():

@@ -250,6 +250,35 @@ def test_build_sampler_forwards_exactly_the_options_the_sampler_takes():
     assert int(nfe) % 2 == 1  # 2 per iteration + the Tweedie step that noise_removal asked for
 
 
+def test_default_config_leaves_the_end_time_to_the_sampler():
+    # sampling.eps defaults to None: the fast samplers keep their N-dependent end time with
+    # denoise (it used to be overridden by a config default of 1e-3), PC / ODE their 1e-3
+    from jaxdiff.samplers.schedule import end_time
+    from jaxdiff.train.defaults import get_default_config
+    from jaxdiff.train.sampling import build_sampler, sampler_kwargs
+
+    config = get_default_config()
+    assert config.sampling.eps is None
+    config.sampling.method, config.sampling.num_steps = "ddim", 4
+    assert "eps" not in sampler_kwargs(config, jd.VPSDE())
+    seen = []
+
+    def score_fn(params, x, t):
+        seen.append(float(jnp.reshape(t, -1)[0]))
+        return MIX.score_fn(jd.VPSDE())(params, x, t)
+
+    with jax.disable_jit():
+        build_sampler(config, jd.VPSDE(), score_fn, SHAPE)(None, jax.random.key(0))
+    # DDIM on VP: time_uniform, 4 steps + the Tweedie step at t = T / 5
+    assert seen[-1] == pytest.approx(end_time(None, 4, "time_uniform", denoise=True, T=1.0))
+    assert seen[-1] == pytest.approx(0.2)
+    config.sampling.eps = 1e-3  # asked for: passed on
+    assert sampler_kwargs(config, jd.VPSDE())["eps"] == 1e-3
+    config.sampling.method = "pc"
+    config.sampling.eps = None
+    assert "eps" not in sampler_kwargs(config, jd.VPSDE())
+
+
 @pytest.mark.parametrize("method,key,value", [
     ("ddim", "corrector", "langevin"), ("adaptive", "num_steps", 20), ("pc", "rtol", 1e-3),
     ("ode", "predictor", "reverse_diffusion"), ("edm", "snr", 0.2)])

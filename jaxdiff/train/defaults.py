@@ -12,6 +12,7 @@ the architecture), the rest here.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxdiff.models import configs as model_configs
 
@@ -64,7 +65,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.num_samples = 64              # --mode=sample and snapshot grids
     sampling.guidance_scale = 0.0          # class_conditional task: w of (1+w) s(x,t,y) - w s(x,t)
     sampling.class_label = -1              # class_conditional task: the class drawn (-1: cycle 0..K-1)
-    sampling.eps = 1e-3                    # end time of the reverse process
+    # end time of the reverse process; None: the sampler's own default (1e-3 for pc / ode /
+    # adaptive; the fast samplers' N-dependent end with denoise, jaxdiff.samplers.schedule.end_time)
+    sampling.eps = config_dict.placeholder(float)
 
     # -- evaluation
     config.eval = evaluate = ml_collections.ConfigDict()

@@ -25,7 +25,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], Any]] = {
     "num_steps": (("num_steps",), 0),
     "rtol": (("rtol",), 1e-5),
     "atol": (("atol",), 1e-5),
-    "eps": (("eps",), 1e-3),
+    "eps": (("eps",), None),  # None: the sampler's own end time
     # the end-of-sampling option: PC / ODE noise removal, else the Tweedie ``denoise``
     "noise_removal": (("noise_removal", "denoise"), True),
 }
@@ -62,7 +62,7 @@ def sampler_kwargs(config, sde) -> dict[str, Any]:
     kwargs = {}
     for key in _OPTIONS:
         opt = _option(s.method, key)
-        if opt is None or key not in s:
+        if opt is None or key not in s or s[key] is None:
             continue
         value = s[key]
         if key in ("predictor", "corrector") and value == "none":
