@@ -259,7 +259,7 @@ def test_default_config_leaves_the_end_time_to_the_sampler():
 
     config = get_default_config()
     assert config.sampling.eps is None
-    config.sampling.method, config.sampling.num_steps = "ddim", 4
+    config.sampling.method, config.sampling.num_steps = "dpm_solver++_2m", 4
     assert "eps" not in sampler_kwargs(config, jd.VPSDE())
     seen = []
 
@@ -269,9 +269,9 @@ def test_default_config_leaves_the_end_time_to_the_sampler():
 
     with jax.disable_jit():
         build_sampler(config, jd.VPSDE(), score_fn, SHAPE)(None, jax.random.key(0))
-    # DDIM on VP: time_uniform, 4 steps + the Tweedie step at t = T / 5
-    assert seen[-1] == pytest.approx(end_time(None, 4, "time_uniform", denoise=True, T=1.0))
-    assert seen[-1] == pytest.approx(0.2)
+    # DPM-Solver++(2M) on VP: time_quadratic, 4 steps + the Tweedie step at t = T / 25
+    assert seen[-1] == pytest.approx(end_time(None, 4, "time_quadratic", denoise=True, T=1.0))
+    assert seen[-1] == pytest.approx(1 / 25)
     config.sampling.eps = 1e-3  # asked for: passed on
     assert sampler_kwargs(config, jd.VPSDE())["eps"] == 1e-3
     config.sampling.method = "pc"

@@ -116,9 +116,11 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
       shape: ``(B, *event_shape)``.
       num_steps: number of steps (= NFE without ``denoise``).
       eta: ``0`` deterministic DDIM, ``1`` ancestral sampling; in between interpolates.
-      grid: ``None`` (default: ``'time_uniform'``, ``'karras'`` for the VE SDE, see
-        :func:`~jaxdiff.samplers.schedule.default_grid`), ``'time_uniform'``,
-        ``'time_quadratic'``, ``'logsnr'``, ``'karras'``, ``'trailing'`` or an explicit array of
+      grid: ``None`` (default: ``'leading'``, diffusers' DDIM spacing that skips the top interval
+        of ``num_steps + 1`` equal ones without a score call; ``'karras'`` for the VE SDE; see
+        :func:`~jaxdiff.samplers.schedule.default_grid` and docs/bench_samplers.md for the
+        measurement), ``'time_uniform'``, ``'time_quadratic'``, ``'logsnr'``, ``'karras'``,
+        ``'trailing'``, ``'leading'`` or an explicit array of
         ``num_steps + 1`` descending times in ``[0, T]``
         (see :func:`~jaxdiff.samplers.schedule.time_grid`); rho: exponent of ``'karras'``.
       eps, T: end and start times (``eps=None``: :func:`~jaxdiff.samplers.schedule.end_time`,
@@ -132,7 +134,7 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
     check_scalar_schedule(sde)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    grid = default_grid(grid, sde, "time_uniform", "karras")
+    grid = default_grid(grid, sde, "leading", "karras")
     eps = end_time(eps, num_steps, grid, denoise=denoise, T=sde.T if T is None else T)
     check_grid(grid, num_steps, T=sde.T if T is None else T, positive=False)
     time_grid(sde, num_steps, grid=grid, eps=eps, T=T, rho=rho)  # validate eagerly

@@ -21,7 +21,7 @@ __all__ = ["GRIDS", "DEFAULT_EPS", "end_time", "default_grid", "check_scalar_sch
            "inverse_lambda", "time_grid", "check_grid", "data_prediction", "grid_coefficients"]
 
 # the named time grids of the fixed-step samplers; ``grid=`` also takes an explicit descending array
-GRIDS = ("logsnr", "time_uniform", "time_quadratic", "karras", "trailing")
+GRIDS = ("logsnr", "time_uniform", "time_quadratic", "karras", "trailing", "leading")
 # the fixed-step samplers' last time when ``eps=None`` and no N-dependent end applies
 DEFAULT_EPS = 1e-3
 
@@ -183,7 +183,9 @@ def time_grid(sde, num_steps: int, *, grid="logsnr", eps: float = 1e-3,
       grid: ``'logsnr'`` (uniform in ``lambda``), ``'time_uniform'``, ``'time_quadratic'`` (uniform
         in ``sqrt(t)``, DDIM's quadratic grid), ``'karras'`` (uniform in ``(sigma/alpha)^(1/rho)``,
         EDM's schedule), ``'trailing'`` (diffusers' ``timestep_spacing='trailing'`` in continuous
-        time: ``t_k = T (1 - k / num_steps)`` for ``k < num_steps``, then ``eps``), or an explicit
+        time: ``t_k = T (1 - k / num_steps)`` for ``k < num_steps``, then ``eps``), ``'leading'``
+        (diffusers' ``timestep_spacing='leading'``: ``t_k = T (num_steps - k) / (num_steps + 1)``
+        for ``k < num_steps``, then ``eps``; it *starts below* ``T``, see below), or an explicit
         array of ``num_steps + 1`` strictly descending times (returned as given, cast to ``dtype``;
         ``eps`` and ``T`` are then ignored).
       eps: last time; T: first time (default ``sde.T``).
@@ -199,6 +201,17 @@ def time_grid(sde, num_steps: int, *, grid="logsnr", eps: float = 1e-3,
     T (1 - 1/N), ..., T / N`` and the end ``t = 0``; here without the rounding to integer steps
     and ending at ``eps`` (the last interval is ``T / N - eps``). It differs from
     ``'time_uniform'`` (``linspace(T, eps, N + 1)``) only by ``O(eps)`` in the inner times.
+
+    ``'leading'``: diffusers' ``DDIMScheduler`` default. With ``M`` score calls it evaluates at
+    discrete steps ``(M - 1 - j) (1000 // M)``, i.e. ``t = T (M - 1) / M, ..., T / M, ~0``, and
+    treats the prior draw as the state at its first time: the top interval ``[T (M-1)/M, T]`` is
+    skipped without a score call. Here ``num_steps`` intervals (``M = num_steps + 1`` calls with the
+    Tweedie ``denoise`` step) on the ``num_steps + 1`` equal intervals of ``[0, T]``, the top one
+    skipped, ending at ``eps``. The sampler draws its prior at ``T`` and starts the grid at
+    ``t_0 < T``: an approximation that is only good when the marginal at ``t_0`` is still close
+    to the prior (VP-type SDEs with a small ``alpha(t_0)``: ``alpha(T (M-1)/M)`` is 0.04 at
+    ``M = 5`` on ``VPSDE()``), never on the VE SDE (the prior's scale ``sigma_max`` is much
+    larger than ``sigma(t_0)``), where it raises.
     """
     if int(num_steps) < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -215,6 +228,16 @@ def time_grid(sde, num_steps: int, *, grid="logsnr", eps: float = 1e-3,
         ts = (T - u * T).at[-1].set(eps)
         if int(num_steps) > 1 and not T / int(num_steps) > eps:
             raise ValueError(f"grid 'trailing' needs T / num_steps > eps, got T={T}, "
+                             f"num_steps={num_steps}, eps={eps}")
+    elif grid == "leading":
+        if isinstance(sde, sde_lib.VESDE):
+            raise ValueError("grid 'leading' starts below T with the prior draw, which the VE "
+                             "SDE's prior (scale sigma_max) does not allow; use 'karras' or "
+                             "'logsnr'")
+        n = int(num_steps)
+        ts = (T * (n - u * n) / (n + 1)).at[-1].set(eps)
+        if not T / (n + 1) > eps:
+            raise ValueError(f"grid 'leading' needs T / (num_steps + 1) > eps, got T={T}, "
                              f"num_steps={num_steps}, eps={eps}")
     elif grid == "time_quadratic":
         ts = (jnp.sqrt(T) + u * (jnp.sqrt(eps) - jnp.sqrt(T))) ** 2
