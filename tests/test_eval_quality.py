@@ -84,8 +84,8 @@ def test_inception_hook_with_random_weights(digits_setup, tmp_path):
     # The samples are the 16 reference images themselves: FID ~ 0 (relative to the feature
     # scale) and KID within its noise; other digits are farther.
     assert out["fid_num_reference"] == 16 and out["fid_num_samples"] == 16
-    ref = np.load(os.path.join(workdir, "eval",
-                               "inception_stats_digits_train_16_16.npz"))
+    ref = np.load(os.path.join(
+        workdir, "eval", f"inception_stats_digits_train_{config.data.image_size}_16.npz"))
     scale = np.trace(ref["sigma"])
     assert out["fid"] < 1e-3 * scale, (out, scale)
     assert abs(out["kid"]) < 3 * out["kid_std"] + 1e-9

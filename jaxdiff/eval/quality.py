@@ -110,7 +110,9 @@ def inception_quality(config, samples01: np.ndarray, *, workdir: str, data_dir: 
 
     def compute():
         ds, _ = _split_images(config, data_dir, split, max_examples=n_ref, batch_size=bs)
-        return extract_features(fn, params, (ds[i] for i in range(len(ds))))[0]
+        # the loader yields the whole split: stop after fid_num_reference images
+        return extract_features(fn, params, (ds[i] for i in range(len(ds))),
+                                max_examples=n_ref)[0]
 
     ref = cached_statistics(os.path.join(workdir, "eval", name), compute, tag=tag,
                             keep_features=max(n_kid, 2))
