@@ -136,6 +136,11 @@ def test_leading_grid_is_diffusers_spacing_and_the_ddim_default():
                         grid=np.asarray([0.8, 0.6, 0.4, 0.2, EPS]))(None, key)
     jax.effects_barrier()
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # an explicit start below sde.T is integrated from, not skipped: time_uniform from T = 0.5
+    seen.clear()
+    ddim_sampler(sde, fn, (4, 3), num_steps=4, T=0.5, eps=0.1)(None, key)
+    jax.effects_barrier()
+    np.testing.assert_allclose(seen, [0.5, 0.4, 0.3, 0.2], rtol=1e-6)
     with pytest.raises(ValueError, match="leading"):
         ddim_sampler(VESDE(), fn, (4, 3), num_steps=4, grid="leading")
     with pytest.raises(ValueError, match="leading"):

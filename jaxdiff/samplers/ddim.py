@@ -119,7 +119,8 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
       grid: ``None`` (default: ``'leading'``, diffusers' DDIM spacing that skips the top interval
         of ``num_steps + 1`` equal ones without a score call; ``'karras'`` for the VE SDE; see
         :func:`~jaxdiff.samplers.schedule.default_grid` and docs/bench_samplers.md for the
-        measurement), ``'time_uniform'``, ``'time_quadratic'``, ``'logsnr'``, ``'karras'``,
+        measurement; ``'time_uniform'`` when a start ``T < sde.T`` is given),
+        ``'time_uniform'``, ``'time_quadratic'``, ``'logsnr'``, ``'karras'``,
         ``'trailing'``, ``'leading'`` or an explicit array of
         ``num_steps + 1`` descending times in ``[0, T]``
         (see :func:`~jaxdiff.samplers.schedule.time_grid`); rho: exponent of ``'karras'``.
@@ -134,6 +135,9 @@ def ddim_sampler(sde, score_fn, shape: tuple[int, ...], *, num_steps: int = 50, 
     check_scalar_schedule(sde)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    if grid is None and T is not None and float(T) < float(sde.T):
+        # a start below sde.T is a state the caller means to integrate from: skip nothing
+        grid = "time_uniform"
     grid = default_grid(grid, sde, "leading", "karras")
     eps = end_time(eps, num_steps, grid, denoise=denoise, T=sde.T if T is None else T)
     check_grid(grid, num_steps, T=sde.T if T is None else T, positive=False)
