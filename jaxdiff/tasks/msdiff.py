@@ -338,11 +338,11 @@ def _summary(d: dict) -> dict:
 
 def _pc_options(fn: Callable, s) -> dict:
     """``config.sampling``'s PC options for ``fn`` (the end-of-sampling option is
-    ``noise_removal`` = the noise-free mean of the last update; ``eps=None``: the PC samplers'
-    end time, 1e-3)."""
+    ``noise_removal`` = the noise-free mean of the last update; ``eps`` only when set, else
+    the sampler's own end time)."""
     return dict(predictor=None if s.predictor == "none" else s.predictor,
                 corrector=None if s.corrector == "none" else s.corrector, snr=s.snr,
-                n_corrector_steps=s.n_steps_each, eps=1e-3 if s.eps is None else s.eps,
+                n_corrector_steps=s.n_steps_each, **({} if s.eps is None else {"eps": s.eps}),
                 **{_end_kw(fn): s.noise_removal})
 
 
