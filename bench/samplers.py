@@ -575,13 +575,12 @@ def _mean_se(v):
 FLOOR_REPS = 6  # repetitions of the noise-floor check
 
 
-def _floor_check(prob, sde, best10, key):
-    """The noise-floor check row of ``best10 = (label, rmse, name, opts)``: mean +- SE over
+def _floor_check(prob, sde, sname, alpha_T, s0, best10, key):
+    """The noise-floor check row of ``best10 = (label, rmse, name, opts)`` (``alpha_T``, ``s0``:
+    alpha and sigma / alpha of ``sde`` at ``T``, as the caller computed them): mean +- SE over
     :data:`FLOOR_REPS` repetitions of SW(sampler, exact), SW(exact', exact) and SW(exact flow map
     of the sampler's prior draw, exact), each repetition with fresh sets and projections (a
     single SW at these n varies by up to 2x between draws, measured)."""
-    alpha_T = float(jnp.exp(log_alpha_sigma(sde, jnp.asarray(sde.T))[0]))
-    s0 = float(jnp.exp(-marginal_lambda(sde, jnp.asarray(sde.T, jnp.float32))))
     vals = {"sampler": [], "floor": [], "flow": []}
     for r in range(FLOOR_REPS):
         kr = jax.random.fold_in(key, 1000 + r)
@@ -600,7 +599,7 @@ def _floor_check(prob, sde, best10, key):
         vals["floor"].append(sw(other, exact, kproj))
         vals["flow"].append(sw(jnp.asarray(flow, jnp.float32), exact, kproj))
     (ms, ss), (mf, sf), (mx, sx) = (_mean_se(vals[k]) for k in ("sampler", "floor", "flow"))
-    return [f"{type(sde).__name__[:2]} {prob.name}", best10[0], f"{best10[1]:.3e}", prob.n_sw,
+    return [f"{sname} {prob.name}", best10[0], f"{best10[1]:.3e}", prob.n_sw,
             f"{ms:.4f} +- {ss:.4f}", f"{mf:.4f} +- {sf:.4f}", f"{mx:.4f} +- {sx:.4f}",
             f"{ms / mf:.2f}", f"{mx / mf:.2f}", "yes" if ms <= 1.5 * mf else "no"]
 
@@ -707,7 +706,7 @@ def peer_diffusers(nfes=PEER_NFES, scale=1.0, seed=0, grids=None, only=None, pro
                              f"{wj / wd:.2f}"])
                 print("  " + " | ".join(str(c) for c in rows[-1]), flush=True)
         if best10 is not None:
-            floor_rows.append(_floor_check(prob, sde, best10, key))
+            floor_rows.append(_floor_check(prob, sde, sname, alpha_T, s0_jax, best10, key))
             print("  noise floor: " + " | ".join(str(c) for c in floor_rows[-1]), flush=True)
         print(f"  ({sname} {prob.name}: {time.time() - t_prob:.0f} s)", flush=True)
     if rows:
